@@ -1,0 +1,121 @@
+"""Transformer building blocks shared by DINOv2, the aggregator and the camera trunk (spec §4, §5.4)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Mlp(nn.Module):
+    """``fc1 -> exact GELU -> fc2``. Keys ``fc1.*``, ``fc2.*``."""
+
+    def __init__(self, in_features: int, hidden_features: int, out_features: int | None = None):
+        super().__init__()
+        self.fc1 = nn.Linear(in_features, hidden_features)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden_features, out_features or in_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class LayerScale(nn.Module):
+    """Per-channel residual scale ``x * gamma``; key ``gamma`` of shape ``[dim]``."""
+
+    def __init__(self, dim: int, init_value: float):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.full((dim,), float(init_value)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gamma
+
+
+class RotaryPositionEmbedding2D(nn.Module):
+    """2-D rotary embedding: the first half of each head's channels turns with the row (y)
+    position, the second half with the column (x) position (spec §5.4). No parameters."""
+
+    def __init__(self, base_frequency: float):
+        super().__init__()
+        self.base_frequency = base_frequency
+
+    def _cos_sin_tables(self, half_dim: int, max_position: int, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        exponents = torch.arange(0, half_dim, 2, device=device).float() / half_dim
+        inverse_frequencies = 1.0 / (self.base_frequency ** exponents)
+        positions = torch.arange(max_position + 1, device=device, dtype=inverse_frequencies.dtype)
+        angles = torch.einsum("i,j->ij", positions, inverse_frequencies).to(dtype)
+        angles = torch.cat([angles, angles], dim=-1)
+        return angles.cos().to(dtype), angles.sin().to(dtype)
+
+    @staticmethod
+    def _rotate(x: torch.Tensor, positions: torch.Tensor, cos_table: torch.Tensor, sin_table: torch.Tensor):
+        # x: [B, heads, N, d]; positions: [B, N] integer
+        cos = F.embedding(positions, cos_table)[:, None]
+        sin = F.embedding(positions, sin_table)[:, None]
+        first, second = x.chunk(2, dim=-1)
+        rotated_half = torch.cat([-second, first], dim=-1)
+        return x * cos + rotated_half * sin
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Rotate queries or keys.
+
+        Args:
+            x: ``[B, heads, N, head_dim]``.
+            positions: ``[B, N, 2]`` integer ``(y, x)`` grid positions.
+        """
+        half_dim = x.shape[-1] // 2
+        cos_table, sin_table = self._cos_sin_tables(half_dim, int(positions.max()), x.device, x.dtype)
+        rows, cols = x.chunk(2, dim=-1)
+        rows = self._rotate(rows, positions[..., 0], cos_table, sin_table)
+        cols = self._rotate(cols, positions[..., 1], cos_table, sin_table)
+        return torch.cat([rows, cols], dim=-1)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with a packed ``qkv`` projection, optional per-head q/k
+    LayerNorm and optional 2-D RoPE, computed with ``scaled_dot_product_attention``."""
+
+    def __init__(self, dim: int, num_heads: int, qk_norm: bool = False,
+                 rope: RotaryPositionEmbedding2D | None = None, norm_eps: float = 1e-5):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.q_norm = nn.LayerNorm(self.head_dim, eps=norm_eps) if qk_norm else nn.Identity()
+        self.k_norm = nn.LayerNorm(self.head_dim, eps=norm_eps) if qk_norm else nn.Identity()
+        self.proj = nn.Linear(dim, dim)
+        self.rope = rope
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """Args: x ``[B, N, dim]``; positions ``[B, N, 2]`` (used only with RoPE)."""
+        batch, tokens, dim = x.shape
+        qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        q, k = self.q_norm(q), self.k_norm(k)
+        if self.rope is not None and positions is not None:
+            q = self.rope(q, positions)
+            k = self.rope(k, positions)
+        out = F.scaled_dot_product_attention(q, k, v)
+        out = out.transpose(1, 2).reshape(batch, tokens, dim)
+        return self.proj(out)
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm block ``x + LS1(Attn(LN1 x))``, ``x + LS2(Mlp(LN2 x))``. A falsy
+    ``init_values`` means no LayerScale (and no ``ls*.gamma`` keys)."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, init_values: float | None,
+                 norm_eps: float, qk_norm: bool = False, rope: RotaryPositionEmbedding2D | None = None):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
+        self.attn = Attention(dim, num_heads, qk_norm=qk_norm, rope=rope, norm_eps=1e-5)
+        self.ls1 = LayerScale(dim, init_values) if init_values else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.ls2 = LayerScale(dim, init_values) if init_values else nn.Identity()
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """Args: x ``[B, N, dim]``; positions ``[B, N, 2]`` or None."""
+        x = x + self.ls1(self.attn(self.norm1(x), positions))
+        x = x + self.ls2(self.mlp(self.norm2(x)))
+        return x
