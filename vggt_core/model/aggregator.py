@@ -10,7 +10,7 @@ from torch import nn
 
 from ..config import IMAGENET_MEAN, IMAGENET_STD, VGGTConfig
 from .dinov2 import DinoV2PatchEmbedder
-from .layers import RotaryPositionEmbedding2D, TransformerBlock
+from .layers import RotaryPositionEmbedding2D, TokenPositions, TransformerBlock
 
 AGGREGATOR_NORM_EPS = 1e-5
 
@@ -29,8 +29,16 @@ class Aggregator(nn.Module):
         # Index 0 along dim 1 is the first frame's own token, index 1 is shared by all others.
         self.camera_token = nn.Parameter(torch.zeros(1, 2, 1, dim))
         self.register_token = nn.Parameter(torch.zeros(1, 2, config.num_register_tokens, dim))
-        self.register_buffer("_resnet_mean", torch.tensor(IMAGENET_MEAN).view(1, 1, 3, 1, 1), persistent=False)
-        self.register_buffer("_resnet_std", torch.tensor(IMAGENET_STD).view(1, 1, 3, 1, 1), persistent=False)
+        self.reset_normalization_buffers()
+
+    def reset_normalization_buffers(self) -> None:
+        """(Re)create the ImageNet mean/std buffers beside the weights. They are not in
+        checkpoints, so a model built on the ``meta`` device needs them after loading."""
+        device = self.camera_token.device
+        self.register_buffer("_resnet_mean", torch.tensor(IMAGENET_MEAN, device=device).view(1, 1, 3, 1, 1),
+                             persistent=False)
+        self.register_buffer("_resnet_std", torch.tensor(IMAGENET_STD, device=device).view(1, 1, 3, 1, 1),
+                             persistent=False)
 
     def _make_block(self, config: VGGTConfig) -> TransformerBlock:
         return TransformerBlock(config.embed_dim, config.num_heads, config.mlp_ratio, config.init_values,
@@ -73,12 +81,14 @@ class Aggregator(nn.Module):
         tokens = torch.cat([self._special_tokens(batch, frames).to(patch_tokens.dtype), patch_tokens], dim=1)
         tokens_per_frame, dim = tokens.shape[1], tokens.shape[2]
 
-        positions = self._token_positions(height // self.patch_size, width // self.patch_size, images.device)
-        frame_positions = positions.expand(batch * frames, -1, -1)
-        global_positions = positions.repeat(frames, 1).expand(batch, -1, -1)
+        rows, cols = height // self.patch_size, width // self.patch_size
+        positions = self._token_positions(rows, cols, images.device)
+        max_position = max(rows, cols)
+        frame_positions = TokenPositions(positions.expand(batch * frames, -1, -1), max_position)
+        global_positions = TokenPositions(positions.repeat(frames, 1).expand(batch, -1, -1), max_position)
 
         outputs: list[torch.Tensor | None] = []
-        for frame_block, global_block, index in zip(self.frame_blocks, self.global_blocks, range(self.config.depth)):
+        for index, (frame_block, global_block) in enumerate(zip(self.frame_blocks, self.global_blocks)):
             tokens = frame_block(tokens.reshape(batch * frames, tokens_per_frame, dim), frame_positions)
             frame_out = tokens.reshape(batch, frames, tokens_per_frame, dim)
             tokens = global_block(tokens.reshape(batch, frames * tokens_per_frame, dim), global_positions)

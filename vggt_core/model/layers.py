@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -31,6 +33,15 @@ class LayerScale(nn.Module):
         return x * self.gamma
 
 
+@dataclass(frozen=True)
+class TokenPositions:
+    """Integer ``(y, x)`` grid positions ``[B, N, 2]`` of the tokens, with their largest value
+    known on the host (reading it from the tensor would force a device sync per block)."""
+
+    yx: torch.Tensor
+    max_position: int
+
+
 class RotaryPositionEmbedding2D(nn.Module):
     """2-D rotary embedding: the first half of each head's channels turns with the row (y)
     position, the second half with the column (x) position (spec §5.4). No parameters."""
@@ -38,8 +49,16 @@ class RotaryPositionEmbedding2D(nn.Module):
     def __init__(self, base_frequency: float):
         super().__init__()
         self.base_frequency = base_frequency
+        # The tables only depend on these keys; all blocks of a forward share one entry.
+        self._tables: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def _cos_sin_tables(self, half_dim: int, max_position: int, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (half_dim, max_position, str(device), dtype, torch.is_inference_mode_enabled())
+        if key not in self._tables:
+            self._tables = {key: self._compute_tables(half_dim, max_position, device, dtype)}
+        return self._tables[key]
+
+    def _compute_tables(self, half_dim: int, max_position: int, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
         exponents = torch.arange(0, half_dim, 2, device=device).float() / half_dim
         inverse_frequencies = 1.0 / (self.base_frequency ** exponents)
         positions = torch.arange(max_position + 1, device=device, dtype=inverse_frequencies.dtype)
@@ -56,18 +75,13 @@ class RotaryPositionEmbedding2D(nn.Module):
         rotated_half = torch.cat([-second, first], dim=-1)
         return x * cos + rotated_half * sin
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """Rotate queries or keys.
-
-        Args:
-            x: ``[B, heads, N, head_dim]``.
-            positions: ``[B, N, 2]`` integer ``(y, x)`` grid positions.
-        """
+    def forward(self, x: torch.Tensor, positions: TokenPositions) -> torch.Tensor:
+        """Rotate queries or keys ``x [B, heads, N, head_dim]`` by their token positions."""
         half_dim = x.shape[-1] // 2
-        cos_table, sin_table = self._cos_sin_tables(half_dim, int(positions.max()), x.device, x.dtype)
+        cos_table, sin_table = self._cos_sin_tables(half_dim, positions.max_position, x.device, x.dtype)
         rows, cols = x.chunk(2, dim=-1)
-        rows = self._rotate(rows, positions[..., 0], cos_table, sin_table)
-        cols = self._rotate(cols, positions[..., 1], cos_table, sin_table)
+        rows = self._rotate(rows, positions.yx[..., 0], cos_table, sin_table)
+        cols = self._rotate(cols, positions.yx[..., 1], cos_table, sin_table)
         return torch.cat([rows, cols], dim=-1)
 
 
@@ -86,8 +100,8 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.rope = rope
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
-        """Args: x ``[B, N, dim]``; positions ``[B, N, 2]`` (used only with RoPE)."""
+    def forward(self, x: torch.Tensor, positions: TokenPositions | None = None) -> torch.Tensor:
+        """Args: x ``[B, N, dim]``; positions of its tokens (used only with RoPE)."""
         batch, tokens, dim = x.shape
         qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
@@ -114,8 +128,8 @@ class TransformerBlock(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.ls2 = LayerScale(dim, init_values) if init_values else nn.Identity()
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
-        """Args: x ``[B, N, dim]``; positions ``[B, N, 2]`` or None."""
+    def forward(self, x: torch.Tensor, positions: TokenPositions | None = None) -> torch.Tensor:
+        """Args: x ``[B, N, dim]``; positions of its tokens, or None."""
         x = x + self.ls1(self.attn(self.norm1(x), positions))
         x = x + self.ls2(self.mlp(self.norm2(x)))
         return x

@@ -110,7 +110,7 @@ class VGGT(nn.Module):
         image_size_hw = tuple(images.shape[-2:])
         predictions: dict = {}
         # The heads run in float32 even when the backbone ran in half precision, as trained.
-        with torch.autocast(images.device.type, enabled=False):
+        with _autocast_disabled(images.device):
             heads_tokens = [t.float() if t is not None else None for t in tokens_list]
             if self.camera_head is not None:
                 pose_enc_list = self.camera_head(heads_tokens)
@@ -139,3 +139,10 @@ class VGGT(nn.Module):
         if cfg.enable_camera and layer_index == cfg.depth - 1:
             return True
         return (cfg.enable_depth or cfg.enable_point) and layer_index in cfg.dense_head.intermediate_layer_idx
+
+
+def _autocast_disabled(device: torch.device):
+    """Shield a region from any autocast the caller enabled (meta tensors have no autocast)."""
+    if device.type in ("cuda", "cpu", "mps"):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
