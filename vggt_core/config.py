@@ -254,3 +254,16 @@ def _check_dpt_lists(name: str, section, depth: int) -> None:
                              f"[0, depth={depth})")
     section.out_channels = list(channels)
     section.intermediate_layer_idx = list(indices)
+
+
+def tiny_config() -> VGGTConfig:
+    """A ~0.5M-parameter VGGT of the full architecture, for development and tests (untrained)."""
+    return VGGTConfig.from_dict({
+        "embed_dim": 32, "depth": 4, "num_heads": 2,
+        "patch_embed": {"depth": 2, "num_heads": 2},
+        "camera_head": {"trunk_depth": 1, "num_heads": 2},
+        "dense_head": {"features": 16, "out_channels": [8, 16, 32, 32], "intermediate_layer_idx": [0, 1, 2, 3]},
+        "track_head": {"features": 16, "out_channels": [8, 16, 32, 32], "intermediate_layer_idx": [0, 1, 2, 3],
+                       "iters": 2, "corr_levels": 3, "corr_radius": 2, "hidden_size": 32,
+                       "updateformer_depth": 1, "updateformer_heads": 2, "num_virtual_tracks": 4},
+    })
