@@ -14,6 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+# The released model's input geometry: images are resized to this width (or longer side) and
+# cut into patches of this size. The config defaults below and the image loader share them.
+DEFAULT_IMAGE_SIZE = 518
+PATCH_SIZE = 14
+
 # Fixed by the architecture (not part of the JSON schema): see spec §2 "hyper-parameters the
 # reference has that the schema lacks".
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -91,8 +96,8 @@ _SECTIONS = {
 class VGGTConfig:
     """Every size of a VGGT model. The defaults are VGGT-1B (facebook/VGGT-1B)."""
 
-    img_size: int = 518
-    patch_size: int = 14
+    img_size: int = DEFAULT_IMAGE_SIZE
+    patch_size: int = PATCH_SIZE
     embed_dim: int = 1024
     depth: int = 24
     num_heads: int = 16

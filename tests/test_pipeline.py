@@ -1,0 +1,85 @@
+"""gather_input_frames / reconstruct_frames: the path from user files to a Reconstruction."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from vggt_core.config import tiny_config
+from vggt_core.errors import FrameLimitError, InputError
+from vggt_core.model import VGGT
+from vggt_core.pipeline import gather_input_frames, reconstruct_frames
+from vggt_core.synthetic import render_scene, save_scene_images
+
+
+@pytest.fixture(scope="module")
+def scene_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("scene")
+    save_scene_images(render_scene("table", num_views=4, width=112, height=84), folder)
+    return folder
+
+
+def write_video(path, frames: int = 30, fps: int = 10):
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for index in range(frames):
+            image = np.full((48, 64, 3), index * 8 % 256, np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def test_folder_gives_sorted_named_frames(scene_folder):
+    frames = gather_input_frames([scene_folder])
+    assert [f.name for f in frames] == ["000.png", "001.png", "002.png", "003.png"]
+
+
+def test_photos_over_the_limit_are_refused_not_dropped(scene_folder):
+    with pytest.raises(FrameLimitError, match="4 photos were given, but at most 3"):
+        gather_input_frames([scene_folder], max_frames=3)
+
+
+def test_video_is_sampled_and_thinned_to_the_frames_left(tmp_path, scene_folder):
+    video = tmp_path / "clip.mp4"
+    write_video(video, frames=30, fps=10)  # 3 s
+    frames = gather_input_frames([video], fps=5.0)
+    assert len(frames) == 15 and frames[0].name == "clip_0000"
+    mixed = gather_input_frames([scene_folder / "000.png", video], fps=5.0, max_frames=6)
+    assert len(mixed) == 6 and mixed[0].name == "000.png"
+
+
+def test_missing_inputs_are_clear_errors(tmp_path):
+    with pytest.raises(InputError, match="No input"):
+        gather_input_frames([])
+    with pytest.raises(InputError, match="nope.png: no such file"):
+        gather_input_frames([tmp_path / "nope.png"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="holds no images"):
+        gather_input_frames([tmp_path / "empty"])
+
+
+def test_unreadable_photo_fails_in_preprocessing_naming_the_file(tmp_path, scene_folder):
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    frames = gather_input_frames([scene_folder / "000.png", bad])
+    torch.manual_seed(0)
+    with pytest.raises(InputError, match="broken.jpg"):
+        reconstruct_frames(VGGT(tiny_config()).eval(), frames)
+
+
+def test_reconstruct_frames_records_names_sizes_and_progress(scene_folder):
+    torch.manual_seed(0)
+    model = VGGT(tiny_config()).eval()
+    seen = []
+    recon = reconstruct_frames(model, gather_input_frames([scene_folder]), mode="pad",
+                               progress=lambda fraction, message: seen.append(fraction))
+    assert recon.num_frames == 4 and recon.image_size_hw == (518, 518)
+    assert recon.frame_names == ["000.png", "001.png", "002.png", "003.png"]
+    assert recon.original_sizes.tolist() == [[112, 84]] * 4
+    assert seen[0] == 0.0 and seen[-1] == pytest.approx(1.0) and seen == sorted(seen)
+    assert np.isfinite(recon.points_from_depth).all()

@@ -1,0 +1,107 @@
+"""Command line: ``python -m vggt_core reconstruct INPUT... --out DIR``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from .config import DEFAULT_FRAMES_CHUNK_SIZE, VGGTConfig
+from .errors import InputError, WeightsUnavailableError
+from .weights import DEFAULT_CHECKPOINT
+
+EXPORT_FORMATS = ("glb", "ply", "colmap", "npz")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m vggt_core",
+                                     description="3-D reconstruction from photos or a video with VGGT.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser(
+        "reconstruct", help="reconstruct cameras, depth maps and a point cloud",
+        description="Reconstruct cameras, depth maps and a coloured point cloud from photos, folders of "
+                    "photos, or a video, and write them in the chosen formats.")
+    run.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders of images, or a video")
+    run.add_argument("--out", required=True, type=Path, help="output folder (created if missing)")
+    run.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT,
+                     help="Hugging Face repo id, or a local .pt/.pth/.safetensors file or folder "
+                          f"(default: {DEFAULT_CHECKPOINT})")
+    run.add_argument("--config", type=Path, default=None,
+                     help="model config JSON (default: config.json beside the checkpoint, else VGGT-1B)")
+    run.add_argument("--device", default=None, help="cuda, cuda:1, mps or cpu (default: best available)")
+    run.add_argument("--mode", choices=("crop", "pad"), default="crop",
+                     help="crop: 518 px wide, centre-cropped to 518 rows; pad: longer side 518, white padding "
+                          "to a square (default: crop)")
+    run.add_argument("--fps", type=float, default=1.0, help="frames per second sampled from a video (default: 1)")
+    run.add_argument("--max-frames", type=int, default=None,
+                     help="most frames to reconstruct; videos are thinned evenly to fit (default: no limit)")
+    run.add_argument("--export", default="glb,ply,colmap,npz",
+                     help=f"comma-separated formats from {','.join(EXPORT_FORMATS)} (default: all)")
+    run.add_argument("--conf", type=float, default=50.0,
+                     help="confidence threshold as a percentile 0-100 for the exported points (default: 50)")
+    run.add_argument("--branch", choices=("depth", "point"), default="depth",
+                     help="points from depth maps and cameras (default, more accurate) or the point-map head")
+    run.add_argument("--frames-chunk-size", type=int, default=DEFAULT_FRAMES_CHUNK_SIZE,
+                     help=f"frames decoded at once by the dense heads (memory vs speed; default "
+                          f"{DEFAULT_FRAMES_CHUNK_SIZE})")
+    return parser
+
+
+def parse_formats(text: str) -> list[str]:
+    formats = [item.strip().lower() for item in text.split(",") if item.strip()]
+    unknown = [item for item in formats if item not in EXPORT_FORMATS]
+    if unknown or not formats:
+        raise InputError(f"unknown export format(s) {unknown or text!r}; choose from {','.join(EXPORT_FORMATS)}")
+    return formats
+
+
+def run_reconstruct(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .export import export_all
+    from .filtering import ViewSettings
+    from .pipeline import gather_input_frames, reconstruct_frames
+    from .weights import load_model
+
+    formats = parse_formats(args.export)
+    settings = ViewSettings(confidence_threshold=args.conf, branch=args.branch)
+    started = time.perf_counter()
+    with tqdm(total=100, unit="%", bar_format="{l_bar}{bar}| {elapsed} {postfix}", file=sys.stderr) as bar:
+        def progress(fraction: float, message: str) -> None:
+            bar.set_description(message)
+            bar.update(max(0, round(100 * fraction) - bar.n))
+
+        progress(0.0, "reading inputs")
+        frames = gather_input_frames(args.inputs, fps=args.fps, max_frames=args.max_frames)
+        progress(0.05, f"loading weights ({args.checkpoint})")
+        config = VGGTConfig.from_json(args.config) if args.config else None
+        model = load_model(args.checkpoint, config=config, device=args.device)
+
+        def model_progress(fraction: float, message: str) -> None:
+            progress(0.1 + 0.8 * fraction, message)
+
+        recon = reconstruct_frames(model, frames, mode=args.mode, frames_chunk_size=args.frames_chunk_size,
+                                   progress=model_progress)
+        progress(0.9, "writing exports")
+        written = export_all(recon, args.out, formats=formats, settings=settings)
+        progress(1.0, "done")
+
+    height, width = recon.image_size_hw
+    print(f"Reconstructed {recon.num_frames} frames at {width}x{height} in {time.perf_counter() - started:.1f} s "
+          f"(checkpoint {args.checkpoint}, device {next(model.parameters()).device}).")
+    for name, path in written.items():
+        print(f"  {name:<8} {path}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return run_reconstruct(args)
+    except (InputError, WeightsUnavailableError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2

@@ -1,0 +1,139 @@
+"""From the user's files to a Reconstruction: the one path the CLI and the app both take.
+
+``gather_input_frames`` turns photos, folders and videos into named RGB frames, enforcing the
+frame limit; ``reconstruct_frames`` preprocesses them, checks that they fit in the device's
+memory, runs the model and returns a :class:`~vggt_core.reconstruction.Reconstruction`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from .config import DEFAULT_FRAMES_CHUNK_SIZE
+from .errors import FrameLimitError, InputError
+from .images import IMAGE_EXTENSIONS, list_image_files, load_images
+from .memory import estimate_peak_memory_bytes, max_frames_for_memory
+from .reconstruction import Reconstruction, reconstruct
+from .video import VIDEO_EXTENSIONS, extract_frames
+
+ProgressCallback = Callable[[float, str], None]
+GIB = 2 ** 30
+
+
+@dataclass
+class InputFrame:
+    """One frame to reconstruct and the name it is reported under. Photos stay paths until
+    preprocessing decodes them one at a time (a folder of large photos would not fit in
+    memory decoded); video frames are decoded images."""
+
+    name: str
+    source: Path | Image.Image
+
+
+def is_video_file(path: str | os.PathLike) -> bool:
+    return Path(path).suffix.lower() in VIDEO_EXTENSIONS
+
+
+def gather_input_frames(inputs: Sequence[str | os.PathLike], *, fps: float = 1.0,
+                        max_frames: int | None = None) -> list[InputFrame]:
+    """Read image files, folders of images and videos into frames, in the given order.
+
+    Videos are sampled at ``fps`` and thinned evenly to the frames left under ``max_frames``;
+    photos are never dropped silently: more than ``max_frames`` raises ``FrameLimitError``.
+    """
+    if not inputs:
+        raise InputError("No input was given: pass photos, a folder of photos, or a video.")
+    files: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = list_image_files(path)
+            if not found:
+                raise InputError(f"The folder {path} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))}).")
+            files.extend(found)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise InputError(f"{path.name or path}: no such file or folder.")
+
+    videos = [f for f in files if is_video_file(f)]
+    photos = [f for f in files if not is_video_file(f)]
+    if max_frames is not None and len(photos) > max_frames:
+        raise FrameLimitError(f"{len(photos)} photos were given, but at most {max_frames} frames can be "
+                              "reconstructed at once here. Choose fewer photos.")
+    frames_left = None if max_frames is None else max_frames - len(photos)
+    if videos and frames_left is not None and frames_left < len(videos):
+        raise FrameLimitError(f"The frame limit ({max_frames}) leaves no room for the video(s) after "
+                              f"{len(photos)} photos.")
+
+    frames: list[InputFrame] = []
+    for path in files:
+        if is_video_file(path):
+            budget = None if frames_left is None else frames_left // len(videos)
+            for number, image in enumerate(extract_frames(path, fps=fps, max_frames=budget)):
+                frames.append(InputFrame(f"{path.stem}_{number:04d}", image))
+        else:
+            frames.append(InputFrame(path.name, path))
+    return frames
+
+
+def check_frames_fit_in_memory(model: torch.nn.Module, num_frames: int, height: int, width: int,
+                               frames_chunk_size: int = DEFAULT_FRAMES_CHUNK_SIZE) -> None:
+    """On CUDA, refuse a forward whose estimated peak exceeds the free memory (plus the weights,
+    which are already resident). Other devices have no reliable free-memory figure."""
+    device = next(model.parameters()).device
+    if device.type != "cuda":
+        return
+    free_bytes, _ = torch.cuda.mem_get_info(device)
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    available = free_bytes + weight_bytes
+    needed = estimate_peak_memory_bytes(model.config, num_frames, height, width,
+                                        frames_chunk_size=frames_chunk_size, weight_bytes=next(
+                                            model.parameters()).element_size())
+    if needed > available:
+        raise FrameLimitError(_too_many_frames_message(model, num_frames, height, width, available))
+
+
+def _too_many_frames_message(model, num_frames: int, height: int, width: int, available_bytes: int) -> str:
+    fitting = max_frames_for_memory(model.config, height, width, available_bytes,
+                                    weight_bytes=next(model.parameters()).element_size())
+    return (f"{num_frames} frames at {width}x{height} do not fit in the GPU memory "
+            f"({available_bytes / GIB:.1f} GiB available). About {fitting} frames would fit: "
+            "use fewer photos, a lower video frame rate, or a smaller frame limit.")
+
+
+def reconstruct_frames(model: torch.nn.Module, frames: Sequence[InputFrame], *, mode: str = "crop",
+                       frames_chunk_size: int = DEFAULT_FRAMES_CHUNK_SIZE,
+                       progress: ProgressCallback | None = None) -> Reconstruction:
+    """Preprocess ``frames`` (``mode`` "crop" or "pad"), run the model and collect the result.
+
+    Raises ``InputError`` for unusable images and ``FrameLimitError`` when the frames do not fit
+    in the GPU memory (checked before running, and on an out-of-memory error while running).
+    """
+    report = progress if progress is not None else (lambda fraction, message: None)
+    if not frames:
+        raise InputError("No frames to reconstruct.")
+    report(0.0, f"Preprocessing {len(frames)} frames")
+    images, transforms = load_images([frame.source for frame in frames], mode=mode, return_transforms=True)
+    names = [frame.name for frame in frames]
+    height, width = images.shape[-2:]
+    check_frames_fit_in_memory(model, len(frames), height, width, frames_chunk_size)
+
+    def model_progress(fraction: float, message: str) -> None:
+        report(0.1 + 0.9 * fraction, message)
+
+    try:
+        return reconstruct(model, images, frames_chunk_size=frames_chunk_size, progress=model_progress,
+                           frame_names=names, transforms=transforms)
+    except torch.cuda.OutOfMemoryError as error:
+        torch.cuda.empty_cache()
+        free_bytes, _ = torch.cuda.mem_get_info()
+        weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+        raise FrameLimitError(_too_many_frames_message(model, len(frames), height, width,
+                                                       free_bytes + weight_bytes)) from error
