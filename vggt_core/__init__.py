@@ -5,13 +5,20 @@ Layers, from the bottom: ``config`` and ``model`` (pure PyTorch network), ``geom
 ``reconstruction`` (model run -> Reconstruction), ``filtering``, ``export``, ``depth_maps``.
 """
 
-from . import geometry
+from . import geometry, synthetic
 from .config import VGGTConfig
 from .errors import FrameLimitError, InputError, WeightsUnavailableError
+from .filtering import ViewSettings, select_points
+from .images import FrameTransform, load_images
 from .model import VGGT
+from .pipeline import gather_input_frames, reconstruct_frames
+from .reconstruction import Reconstruction, reconstruct
+from .video import extract_frames
 from .weights import DEFAULT_CHECKPOINT, load_model, resolve_device
 
 __all__ = [
-    "DEFAULT_CHECKPOINT", "FrameLimitError", "InputError", "VGGT", "VGGTConfig", "WeightsUnavailableError",
-    "geometry", "load_model", "resolve_device",
+    "DEFAULT_CHECKPOINT", "FrameLimitError", "FrameTransform", "InputError", "Reconstruction", "VGGT",
+    "VGGTConfig", "ViewSettings", "WeightsUnavailableError", "extract_frames", "gather_input_frames", "geometry",
+    "load_images", "load_model", "reconstruct", "reconstruct_frames", "resolve_device", "select_points",
+    "synthetic",
 ]

@@ -1,0 +1,82 @@
+"""File exports of a :class:`~vggt_core.reconstruction.Reconstruction`.
+
+``glb`` (viewer scene), ``ply`` (point cloud), ``colmap`` (sparse model, also zipped) and
+``npz`` (the full reconstruction, reloadable with ``Reconstruction.load``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Sequence
+
+from ..errors import InputError
+from ..filtering import ViewSettings
+from ..reconstruction import Reconstruction
+from .colmap import build_colmap_reconstruction, export_colmap
+from .glb import GlbExport, build_scene, export_glb
+from .ply import export_ply, write_ply
+
+__all__ = [
+    "EXPORT_FORMATS",
+    "GlbExport",
+    "build_colmap_reconstruction",
+    "build_scene",
+    "export_all",
+    "export_colmap",
+    "export_glb",
+    "export_npz",
+    "export_ply",
+    "write_ply",
+]
+
+EXPORT_FORMATS = ("glb", "ply", "colmap", "npz")
+
+# File names inside the export directory. The COLMAP model sits in sparse/0, the layout that
+# COLMAP, nerfstudio and Gaussian-splatting loaders expect next to an images/ folder.
+GLB_NAME = "scene.glb"
+PLY_NAME = "points.ply"
+NPZ_NAME = "reconstruction.npz"
+COLMAP_DIR_NAME = "colmap"
+COLMAP_MODEL_SUBDIR = Path("sparse") / "0"
+
+
+def export_npz(recon: Reconstruction, path: str | os.PathLike) -> Path:
+    """The whole reconstruction as one ``.npz`` (same as ``recon.save(path)``)."""
+    return recon.save(path)
+
+
+def export_all(recon: Reconstruction, directory: str | os.PathLike,
+               formats: Sequence[str] = EXPORT_FORMATS,
+               settings: ViewSettings = ViewSettings()) -> dict[str, Path]:
+    """Write the requested formats into ``directory`` (created if needed).
+
+    Returns:
+        ``{"glb": scene.glb, "ply": points.ply, "colmap": colmap/sparse/0 (binary model),
+        "colmap_zip": colmap.zip (holding sparse/0/...), "npz": reconstruction.npz}`` for the
+        formats asked for.
+
+    Raises:
+        InputError: an unknown format name.
+    """
+    unknown = sorted(set(formats) - set(EXPORT_FORMATS))
+    if unknown:
+        raise InputError(f"unknown export format(s) {unknown}; choose from {EXPORT_FORMATS}")
+    target = Path(directory)
+    target.mkdir(parents=True, exist_ok=True)
+    written: dict[str, Path] = {}
+    if "glb" in formats:
+        written["glb"] = export_glb(recon, target / GLB_NAME, settings).path
+    if "ply" in formats:
+        written["ply"] = export_ply(recon, target / PLY_NAME, settings)
+    if "colmap" in formats:
+        colmap_root = target / COLMAP_DIR_NAME
+        if colmap_root.exists():
+            shutil.rmtree(colmap_root)  # stale files of an earlier export must not mix in
+        written["colmap"] = export_colmap(recon, colmap_root / COLMAP_MODEL_SUBDIR, settings)
+        archive = shutil.make_archive(str(target / COLMAP_DIR_NAME), "zip", root_dir=colmap_root)
+        written["colmap_zip"] = Path(archive)
+    if "npz" in formats:
+        written["npz"] = export_npz(recon, target / NPZ_NAME)
+    return written

@@ -1,0 +1,491 @@
+"""The result of one model run, its file format, and the run itself.
+
+A :class:`Reconstruction` holds everything the viewers and exporters need, as CPU numpy arrays,
+so that changing a display setting never re-runs the model (the reference demo keeps a
+``predictions.npz`` for the same reason). It is saved as one compressed ``.npz`` that is read
+back without pickle: an uploaded or stale file can never execute code.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from . import geometry
+from .errors import InputError
+from .images import FrameTransform
+
+__all__ = [
+    "Reconstruction",
+    "reconstruct",
+    "reconstruction_from_synthetic_scene",
+    "ProgressCallback",
+    "FILE_FORMAT_VERSION",
+]
+
+ProgressCallback = Callable[[float, str], None]
+
+FILE_FORMAT_VERSION = 1
+_FORMAT_KEY = "__format_version__"
+
+# Stored dtype of every array field; (field name, dtype, may be None).
+_ARRAY_FIELDS: tuple[tuple[str, type, bool], ...] = (
+    ("images", np.uint8, False),
+    ("extrinsics", np.float32, False),
+    ("intrinsics", np.float32, False),
+    ("depth", np.float32, False),
+    ("depth_conf", np.float32, False),
+    ("points_from_depth", np.float32, False),
+    ("world_points", np.float32, True),
+    ("world_points_conf", np.float32, True),
+    ("pose_encoding", np.float32, True),
+    ("original_sizes", np.int64, False),
+    ("image_transforms", np.float64, False),
+    ("query_points", np.float32, True),
+    ("tracks", np.float32, True),
+    ("track_visibility", np.float32, True),
+    ("track_confidence", np.float32, True),
+)
+
+# Model outputs kept (each [1, S, ...]); anything else it returns (e.g. the input images or
+# the per-iteration pose list) is not needed and not copied.
+_MODEL_OUTPUT_KEYS = ("pose_enc", "depth", "depth_conf", "world_points", "world_points_conf",
+                      "track", "vis", "conf")
+
+# Unprojecting a few frames at a time bounds the float64 intermediates of the reference-exact
+# unprojection (3 × [S, H, W, 3] float64) for long videos.
+_UNPROJECT_FRAMES_PER_CHUNK = 16
+
+
+def _default_frame_names(num_frames: int) -> list[str]:
+    return [f"frame_{index:03d}" for index in range(num_frames)]
+
+
+@dataclass
+class Reconstruction:
+    """Cameras, depth and points predicted for ``S`` frames of ``H × W`` model-input pixels.
+
+    Camera conventions are those of :mod:`vggt_core.geometry` (world-to-camera ``[R | t]``,
+    OpenCV axes). Intrinsics refer to the model-input frames; see
+    :meth:`intrinsics_at_original_resolution` for the photos.
+
+    Attributes:
+        images: ``[S, H, W, 3]`` uint8, the frames the model saw.
+        extrinsics: ``[S, 3, 4]`` float32 world-to-camera.
+        intrinsics: ``[S, 3, 3]`` float32 in model-input pixels.
+        depth: ``[S, H, W]`` float32 z-depth.
+        depth_conf: ``[S, H, W]`` float32 confidence of the depth (≥ 1 for VGGT).
+        points_from_depth: ``[S, H, W, 3]`` float32, the depth branch: ``depth`` unprojected
+            with the predicted cameras.
+        world_points: ``[S, H, W, 3]`` float32 from the point head, or None.
+        world_points_conf: ``[S, H, W]`` float32, or None.
+        pose_encoding: ``[S, 9]`` float32 raw camera-head output, or None.
+        frame_names: ``S`` names (file names); default ``frame_000``, ``frame_001``, ...
+        original_sizes: ``[S, 2]`` int64 ``(width, height)`` of the photos; default the
+            model-input size.
+        image_transforms: ``[S, 4]`` float64 ``(sx, sy, ox, oy)`` with
+            ``model_input_xy = photo_xy · s + o`` (see :class:`vggt_core.images.FrameTransform`);
+            default identity.
+        query_points: ``[N, 2]`` float32 tracked pixels in model-input pixels, or None.
+        tracks: ``[S, N, 2]`` float32 tracked positions per frame, or None.
+        track_visibility: ``[S, N]`` float32 in [0, 1], or None.
+        track_confidence: ``[S, N]`` float32, or None.
+    """
+
+    images: np.ndarray
+    extrinsics: np.ndarray
+    intrinsics: np.ndarray
+    depth: np.ndarray
+    depth_conf: np.ndarray
+    points_from_depth: np.ndarray
+    world_points: np.ndarray | None = None
+    world_points_conf: np.ndarray | None = None
+    pose_encoding: np.ndarray | None = None
+    frame_names: list[str] = field(default_factory=list)
+    original_sizes: np.ndarray | None = None
+    image_transforms: np.ndarray | None = None
+    query_points: np.ndarray | None = None
+    tracks: np.ndarray | None = None
+    track_visibility: np.ndarray | None = None
+    track_confidence: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        images = np.asarray(self.images)
+        if images.ndim != 4 or images.shape[-1] != 3 or images.shape[0] < 1:
+            raise InputError(f"images must have shape [S, H, W, 3] with S ≥ 1, got {images.shape}")
+        if images.dtype != np.uint8:
+            # Casting [0, 1] floats to uint8 would silently give a black image.
+            raise InputError(f"images must be uint8 RGB, got {images.dtype}")
+        num_frames, height, width = images.shape[:3]
+        if self.original_sizes is None:
+            self.original_sizes = np.tile(np.array([[width, height]], dtype=np.int64), (num_frames, 1))
+        if self.image_transforms is None:
+            self.image_transforms = np.tile(np.array([[1.0, 1.0, 0.0, 0.0]]), (num_frames, 1))
+        if not self.frame_names:
+            self.frame_names = _default_frame_names(num_frames)
+        self.frame_names = [str(name) for name in self.frame_names]
+
+        for name, dtype, _ in _ARRAY_FIELDS:
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, np.asarray(value, dtype=dtype))
+
+        expected = {
+            "extrinsics": (num_frames, 3, 4),
+            "intrinsics": (num_frames, 3, 3),
+            "depth": (num_frames, height, width),
+            "depth_conf": (num_frames, height, width),
+            "points_from_depth": (num_frames, height, width, 3),
+            "world_points": (num_frames, height, width, 3),
+            "world_points_conf": (num_frames, height, width),
+            "pose_encoding": (num_frames, 9),
+            "original_sizes": (num_frames, 2),
+            "image_transforms": (num_frames, 4),
+        }
+        for name, shape in expected.items():
+            value = getattr(self, name)
+            if value is not None and value.shape != shape:
+                raise InputError(f"{name} must have shape {list(shape)}, got {list(value.shape)}")
+        if len(self.frame_names) != num_frames:
+            raise InputError(f"{len(self.frame_names)} frame names for {num_frames} frames")
+        if (self.world_points is None) != (self.world_points_conf is None):
+            raise InputError("world_points and world_points_conf must be given together")
+        self._check_tracks(num_frames)
+
+    def _check_tracks(self, num_frames: int) -> None:
+        track_fields = (self.query_points, self.tracks, self.track_visibility, self.track_confidence)
+        if all(value is None for value in track_fields):
+            return
+        if self.tracks is None:
+            raise InputError("track visibility, confidence or query points given without tracks")
+        if self.tracks.ndim != 3 or self.tracks.shape[0] != num_frames or self.tracks.shape[2] != 2:
+            raise InputError(f"tracks must have shape [{num_frames}, N, 2], got {list(self.tracks.shape)}")
+        num_tracks = self.tracks.shape[1]
+        for name, shape in (("query_points", (num_tracks, 2)),
+                            ("track_visibility", (num_frames, num_tracks)),
+                            ("track_confidence", (num_frames, num_tracks))):
+            value = getattr(self, name)
+            if value is not None and value.shape != shape:
+                raise InputError(f"{name} must have shape {list(shape)}, got {list(value.shape)}")
+
+    # ----------------------------------------------------------------------------------------
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def image_size_hw(self) -> tuple[int, int]:
+        """``(H, W)`` of the model-input frames."""
+        return int(self.images.shape[1]), int(self.images.shape[2])
+
+    def frame_transform(self, index: int) -> FrameTransform:
+        """The :class:`FrameTransform` of frame ``index`` rebuilt from the stored arrays."""
+        sx, sy, ox, oy = (float(value) for value in self.image_transforms[index])
+        width, height = (int(value) for value in self.original_sizes[index])
+        return FrameTransform(name=self.frame_names[index], original_size=(width, height),
+                              scale=(sx, sy), offset=(ox, oy))
+
+    def intrinsics_at_original_resolution(self) -> np.ndarray:
+        """Intrinsics re-expressed in each frame's original photo pixels.
+
+        Returns:
+            ``[S, 3, 3]`` float64: ``A⁻¹·K`` with ``A`` the photo → model-input affine map, in
+            continuous pixel coordinates with (0, 0) at the top-left image corner (the
+            convention COLMAP also uses).
+        """
+        return np.stack([self.frame_transform(index).intrinsics_to_original(self.intrinsics[index])
+                         for index in range(self.num_frames)])
+
+    # ----------------------------------------------------------------------------------------
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write one compressed ``.npz`` at exactly ``path`` (no suffix is appended).
+
+        Fields that are None are simply absent from the file; names are a unicode array, so
+        :meth:`load` needs no pickle. Written to a temporary file first and renamed, so a
+        reader never sees half a file.
+        """
+        target = Path(path)
+        arrays: dict[str, np.ndarray] = {_FORMAT_KEY: np.array(FILE_FORMAT_VERSION)}
+        for name, _, _ in _ARRAY_FIELDS:
+            value = getattr(self, name)
+            if value is not None:
+                arrays[name] = value
+        arrays["frame_names"] = np.array(self.frame_names, dtype=np.str_)
+        temporary = target.with_name(target.name + ".partial")
+        with open(temporary, "wb") as handle:
+            np.savez_compressed(handle, **arrays)
+        os.replace(temporary, target)
+        return target
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Reconstruction:
+        """Read a file written by :meth:`save`.
+
+        Raises:
+            InputError: the file is missing, not an npz, corrupt, holds pickled objects, lacks a
+                required array or has inconsistent shapes.
+        """
+        source = Path(path)
+        label = source.name
+        try:
+            with np.load(source, allow_pickle=False) as archive:
+                contents = {key: archive[key] for key in archive.files}
+        except FileNotFoundError as error:
+            raise InputError(f"Reconstruction file {label} does not exist") from error
+        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as error:
+            # ValueError also covers object arrays, which would need pickle.
+            raise InputError(f"{label} is not a readable reconstruction file ({error})") from error
+        return cls._from_arrays(contents, label)
+
+    @classmethod
+    def _from_arrays(cls, contents: Mapping[str, np.ndarray], label: str) -> Reconstruction:
+        if _FORMAT_KEY not in contents:
+            raise InputError(f"{label} is not a reconstruction file (no format version)")
+        try:
+            version = int(np.asarray(contents[_FORMAT_KEY]))
+        except (TypeError, ValueError) as error:
+            raise InputError(f"{label} has an unreadable format version") from error
+        if version > FILE_FORMAT_VERSION:
+            raise InputError(f"{label} was written by a newer version (format {version})")
+        kwargs: dict[str, Any] = {}
+        for name, _, optional in _ARRAY_FIELDS:
+            if name in contents:
+                kwargs[name] = contents[name]
+            elif not optional:
+                raise InputError(f"{label} lacks the array {name!r}")
+        if "frame_names" not in contents or contents["frame_names"].dtype.kind != "U":
+            raise InputError(f"{label} lacks the frame names")
+        kwargs["frame_names"] = contents["frame_names"].tolist()
+        for name, dtype, _ in _ARRAY_FIELDS:
+            value = kwargs.get(name)
+            # Casting silently would hide a file written by something else; refuse instead.
+            if value is not None and value.dtype != np.dtype(dtype):
+                raise InputError(f"{label}: {name} has dtype {value.dtype}, expected {np.dtype(dtype)}")
+        try:
+            return cls(**kwargs)
+        except InputError as error:
+            raise InputError(f"{label} is inconsistent: {error}") from error
+
+
+# --------------------------------------------------------------------------------------------
+# Running the model
+# --------------------------------------------------------------------------------------------
+
+
+def _model_device(model: torch.nn.Module) -> torch.device:
+    for tensor in model.parameters():
+        return tensor.device
+    for tensor in model.buffers():
+        return tensor.device
+    return torch.device("cpu")
+
+
+def _validate_images(images: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """Check the model-input batch ``[S, 3, H, W]`` in [0, 1] and return it as a float tensor."""
+    if isinstance(images, np.ndarray):
+        images = torch.from_numpy(images)
+    if not isinstance(images, torch.Tensor):
+        raise InputError(f"images must be a tensor [S, 3, H, W], got {type(images).__name__}")
+    if images.ndim == 5 and images.shape[0] == 1:
+        images = images[0]
+    if images.ndim != 4 or images.shape[1] != 3 or images.shape[0] < 1:
+        raise InputError(f"images must have shape [S, 3, H, W], got {list(images.shape)}")
+    if not images.is_floating_point():
+        raise InputError(f"images must be floating point in [0, 1], got {images.dtype}")
+    if not bool(torch.isfinite(images).all()):
+        raise InputError("images contain NaN or infinite values")
+    low, high = float(images.min()), float(images.max())
+    if low < 0.0 or high > 1.0:
+        raise InputError(f"image values must lie in [0, 1], got [{low:.3g}, {high:.3g}]")
+    return images
+
+
+def _validate_query_points(query_points: Any, height: int, width: int) -> torch.Tensor | None:
+    """``[N, 2]`` or ``[1, N, 2]`` pixel queries → float32 tensor ``[1, N, 2]`` (None if empty)."""
+    if query_points is None:
+        return None
+    points = torch.as_tensor(np.asarray(query_points) if not isinstance(query_points, torch.Tensor)
+                             else query_points).to(torch.float32)
+    if points.ndim == 3 and points.shape[0] == 1:
+        points = points[0]
+    if points.ndim != 2 or points.shape[1] != 2:
+        raise InputError(f"query points must have shape [N, 2], got {list(points.shape)}")
+    if points.shape[0] == 0:
+        return None
+    if not bool(torch.isfinite(points).all()):
+        raise InputError("query points contain NaN or infinite values")
+    outside = ((points[:, 0] < 0) | (points[:, 0] > width)
+               | (points[:, 1] < 0) | (points[:, 1] > height))
+    if bool(outside.any()):
+        raise InputError(f"query points must lie inside the {width}×{height} model-input frame")
+    return points[None]
+
+
+def _to_numpy(tensor: torch.Tensor) -> np.ndarray:
+    """Batch-squeezed float32 CPU copy of a model output ``[1, ...]``."""
+    return tensor[0].detach().to(device="cpu", dtype=torch.float32).numpy()
+
+
+def _unproject_in_chunks(depth: np.ndarray, extrinsics: np.ndarray,
+                         intrinsics: np.ndarray) -> np.ndarray:
+    """``depth [S, H, W]`` with cameras ``[S, 3, 4]``/``[S, 3, 3]`` → float32 ``[S, H, W, 3]``."""
+    points = np.empty(depth.shape + (3,), dtype=np.float32)
+    for start in range(0, depth.shape[0], _UNPROJECT_FRAMES_PER_CHUNK):
+        chunk = slice(start, start + _UNPROJECT_FRAMES_PER_CHUNK)
+        points[chunk] = geometry.unproject_depth_map_to_world_points(
+            depth[chunk], extrinsics[chunk], intrinsics[chunk])
+    return points
+
+
+def _camera_depth_of_points(points: np.ndarray, extrinsics: np.ndarray) -> np.ndarray:
+    """z of world ``points [S, H, W, 3]`` in each frame's camera ``[S, 3, 4]`` → ``[S, H, W]``."""
+    rotation_z = extrinsics[:, 2, :3]
+    return (np.einsum("shwc,sc->shw", points, rotation_z)
+            + extrinsics[:, None, None, 2, 3]).astype(np.float32)
+
+
+def reconstruct(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    *,
+    query_points: Any = None,
+    frames_chunk_size: int = 8,
+    progress: ProgressCallback | None = None,
+    frame_names: Sequence[str] | None = None,
+    transforms: Sequence[FrameTransform] | None = None,
+) -> Reconstruction:
+    """Run the model on a batch of frames and collect a :class:`Reconstruction`.
+
+    Args:
+        model: a VGGT-like module (see :class:`vggt_core.model.VGGT`) whose forward takes
+            ``images [1, S, 3, H, W]`` and returns at least ``pose_enc`` and ``depth`` or
+            ``world_points``. It runs on the device of its parameters.
+        images: ``[S, 3, H, W]`` float in [0, 1] (as from :func:`vggt_core.images.load_images`).
+        query_points: optional ``[N, 2]`` pixels (x, y) in model-input pixels to track.
+        frames_chunk_size: frames per chunk in the dense heads (memory vs speed).
+        progress: optional ``progress(fraction, message)`` called at each stage.
+        frame_names: ``S`` names; default the transforms' names, else ``frame_000``, ...
+        transforms: ``S`` :class:`FrameTransform` from ``load_images(..., return_transforms=True)``
+            to record the photos' sizes and the photo → model-input mapping.
+
+    Returns:
+        The reconstruction, all arrays on the CPU.
+
+    Raises:
+        InputError: bad images, query points, names or transforms.
+        RuntimeError: the model lacks the camera head, or both the depth and point heads.
+    """
+    report = progress if progress is not None else (lambda fraction, message: None)
+    batch = _validate_images(images)
+    num_frames, _, height, width = batch.shape
+    queries = _validate_query_points(query_points, height, width)
+    if transforms is not None and len(transforms) != num_frames:
+        raise InputError(f"{len(transforms)} frame transforms for {num_frames} frames")
+    if frame_names is not None and len(frame_names) != num_frames:
+        raise InputError(f"{len(frame_names)} frame names for {num_frames} frames")
+
+    device = _model_device(model)
+    report(0.0, "running the model")
+    outputs = model(batch.to(device=device, dtype=torch.float32)[None],
+                    query_points=None if queries is None else queries.to(device),
+                    frames_chunk_size=frames_chunk_size)
+    # Copy to the CPU right away and drop the device tensors, so a long video does not keep
+    # gigabytes of GPU memory alive while the rest runs on numpy.
+    arrays = {key: _to_numpy(outputs[key]) for key in _MODEL_OUTPUT_KEYS
+              if isinstance(outputs.get(key), torch.Tensor)}
+    del outputs
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+    if "pose_enc" not in arrays:
+        raise RuntimeError("the model has no camera head, so it cannot give cameras")
+    report(0.7, "decoding cameras")
+    pose_encoding = arrays["pose_enc"]
+    extrinsics, intrinsics = geometry.pose_encoding_to_extrinsics_intrinsics(
+        pose_encoding, (height, width))
+
+    world_points = arrays.get("world_points")
+    world_points_conf = arrays.get("world_points_conf")
+    if "depth" in arrays:
+        depth = arrays["depth"][..., 0] if arrays["depth"].ndim == 4 else arrays["depth"]
+        depth_conf = arrays.get("depth_conf", np.ones_like(depth))
+    elif world_points is not None:
+        # Without a depth head the point map stands in for it: its camera-frame z is a depth.
+        depth = _camera_depth_of_points(world_points, extrinsics)
+        depth_conf = (world_points_conf if world_points_conf is not None
+                      else np.ones_like(depth))
+    else:
+        raise RuntimeError("the model has neither a depth nor a point head")
+
+    report(0.8, "unprojecting depth")
+    points_from_depth = _unproject_in_chunks(depth, extrinsics, intrinsics)
+
+    report(0.95, "collecting the reconstruction")
+    # Rounding (not the reference's truncation) recovers the original 8-bit values exactly;
+    # x/255·255 in float32 can land just below the integer.
+    frames_uint8 = np.round(batch.detach().cpu().permute(0, 2, 3, 1).numpy() * 255.0).astype(np.uint8)
+    names = list(frame_names) if frame_names is not None else (
+        [transform.name for transform in transforms] if transforms is not None else None)
+    original_sizes = image_transforms = None
+    if transforms is not None:
+        original_sizes = np.array([transform.original_size for transform in transforms], dtype=np.int64)
+        image_transforms = np.array([[*transform.scale, *transform.offset] for transform in transforms],
+                                    dtype=np.float64)
+
+    tracks = arrays.get("track")
+    reconstruction = Reconstruction(
+        images=frames_uint8,
+        extrinsics=extrinsics,
+        intrinsics=intrinsics,
+        depth=depth,
+        depth_conf=depth_conf,
+        points_from_depth=points_from_depth,
+        world_points=world_points if world_points_conf is not None else None,
+        world_points_conf=world_points_conf if world_points is not None else None,
+        pose_encoding=pose_encoding,
+        frame_names=names or [],
+        original_sizes=original_sizes,
+        image_transforms=image_transforms,
+        query_points=None if queries is None or tracks is None else queries[0].numpy(),
+        tracks=tracks,
+        track_visibility=arrays.get("vis") if tracks is not None else None,
+        track_confidence=arrays.get("conf") if tracks is not None else None,
+    )
+    report(1.0, "done")
+    return reconstruction
+
+
+def reconstruction_from_synthetic_scene(scene: Any) -> Reconstruction:
+    """A ground-truth :class:`Reconstruction` of a :class:`vggt_core.synthetic.SyntheticScene`.
+
+    True cameras and depth, all confidences 1, and the point branch equal to the depth branch,
+    so everything downstream (filtering, viewers, exporters) can be checked against the exact
+    scene surfaces. Frames are named ``<scene>_000``, ...
+    """
+    depth = np.asarray(scene.depth, dtype=np.float32)
+    extrinsics = np.asarray(scene.extrinsics, dtype=np.float32)
+    intrinsics = np.asarray(scene.intrinsics, dtype=np.float32)
+    points = _unproject_in_chunks(depth, extrinsics, intrinsics)
+    height, width = depth.shape[1:]
+    return Reconstruction(
+        images=scene.images,
+        extrinsics=extrinsics,
+        intrinsics=intrinsics,
+        depth=depth,
+        depth_conf=np.ones_like(depth),
+        points_from_depth=points,
+        world_points=points.copy(),
+        world_points_conf=np.ones_like(depth),
+        pose_encoding=geometry.extrinsics_intrinsics_to_pose_encoding(
+            extrinsics, intrinsics, (height, width)),
+        frame_names=[f"{scene.name}_{index:03d}" for index in range(depth.shape[0])],
+    )
