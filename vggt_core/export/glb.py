@@ -16,7 +16,7 @@ import numpy as np
 import trimesh
 
 from .. import geometry
-from ..filtering import PointSelection, ViewSettings, select_points
+from ..filtering import PointSelection, ViewSettings, evenly_spaced_subset, select_points
 from ..reconstruction import Reconstruction
 
 __all__ = [
@@ -32,6 +32,7 @@ __all__ = [
 ]
 
 CAMERA_COLORMAP = "gist_rainbow"
+SCENE_SCALE_SAMPLES = 200_000
 
 # OpenCV camera axes (x right, y down, z forward) → glTF asset axes (+Y up, +Z forward,
 # −X right: "the front of a glTF asset faces +Z"). The reference builds the same matrix as
@@ -98,9 +99,16 @@ def alignment_transform(extrinsic: np.ndarray) -> np.ndarray:
 
 
 def scene_scale(points: np.ndarray) -> float:
-    """``‖p95 − p5‖`` of per-axis percentiles of ``points [N, 3]`` (1 when empty or flat)."""
+    """``‖p95 − p5‖`` of per-axis percentiles of ``points [N, 3]`` (1 when empty or flat).
+
+    Only frustum sizes depend on it, so beyond ``SCENE_SCALE_SAMPLES`` points an even subset
+    is used: the percentiles barely move and re-rendering a large scene stays interactive.
+    """
     if len(points) == 0:
         return 1.0
+    subset = evenly_spaced_subset(len(points), SCENE_SCALE_SAMPLES)
+    if subset is not None:
+        points = points[subset]
     low, high = np.percentile(points, [5.0, 95.0], axis=0)
     scale = float(np.linalg.norm(high - low))
     return scale if np.isfinite(scale) and scale > 0.0 else 1.0
