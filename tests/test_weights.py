@@ -139,11 +139,13 @@ def test_load_from_hugging_face_cache_offline_prefers_safetensors(tmp_path, tiny
 
 
 def test_load_from_hugging_face_cache_with_only_model_pt(tmp_path, tiny_state_dict):
+    # Laid out like facebook/VGGT-1B-Commercial (a model.pt in the official layout).
     torch.save(tiny_state_dict, tmp_path / "model.pt")
-    make_hub_cache(tmp_path / "hf", "someone/vggt-pt", {"model.pt": tmp_path / "model.pt",
-                                                       "config.json": TINY / "config.json"})
+    make_hub_cache(tmp_path / "hf", "facebook/VGGT-1B-Commercial", {"model.pt": tmp_path / "model.pt",
+                                                                   "config.json": TINY / "config.json"})
     result = run_offline(tmp_path / "hf", "from vggt_core import load_model\n"
-                                          "print('DIM', load_model('someone/vggt-pt', device='cpu').config.embed_dim)")
+                                          "m = load_model('facebook/VGGT-1B-Commercial', device='cpu')\n"
+                                          "print('DIM', m.config.embed_dim)")
     assert result.returncode == 0, result.stderr
     assert "DIM 32" in result.stdout
 
