@@ -1,0 +1,1095 @@
+"""VGGT Reconstruct, the browser app: photos or a video in; cameras, depth maps, a 3-D point cloud
+and a share link out.
+
+    python app.py                                # http://127.0.0.1:7860, weights from the Hub
+    python app.py --checkpoint /path/model.pt    # a local checkpoint, no network needed
+    python app.py --help                         # every flag and its environment variable
+
+Importing this module starts nothing: ``build_app(settings)`` returns the ``gr.Blocks`` and
+``main(argv)`` launches it. The app only uses the public API of ``vggt_core``.
+
+How a request flows: the uploaded files become frames (``gather_input_frames``), the model runs
+once (``reconstruct_frames``), and the resulting ``Reconstruction`` is stored under an
+unguessable id. Everything after that (moving a display slider, downloading, opening the share
+link in another browser) works from the stored reconstruction and never runs the model again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import dataclasses
+import functools
+import hashlib
+import html
+import json
+import logging
+import os
+import re
+import secrets
+import shutil
+import tempfile
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import gradio as gr
+import torch
+from PIL import Image
+
+from vggt_core import DEFAULT_CHECKPOINT, VGGT, FrameLimitError, InputError, WeightsUnavailableError
+from vggt_core import load_model, resolve_device
+from vggt_core.config import tiny_config
+from vggt_core.depth_maps import colorize_confidence_maps, colorize_depth_maps
+from vggt_core.export import export_all, export_glb
+from vggt_core.filtering import ViewSettings
+from vggt_core.images import open_image_rgb
+from vggt_core.pipeline import InputFrame, gather_input_frames, is_video_file, reconstruct_frames
+from vggt_core.reconstruction import Reconstruction
+
+logger = logging.getLogger("vggt_app")
+
+APP_DIR = Path(__file__).resolve().parent
+EXAMPLES_DIR = APP_DIR / "assets" / "examples"
+
+# A development checkpoint: the tiny architecture with seeded random weights, so the whole app
+# can run without downloading 5 GB. Its results are meaningless and the page says so.
+RANDOM_TINY_CHECKPOINT = "random-tiny"
+
+# The URL query parameter that carries a reconstruction id in a share link.
+SHARE_QUERY_PARAMETER = "r"
+
+# The app shows at most this many points by default: rendering the GLB stays well under a
+# second for 50 frames, and browsers stay responsive. Users can raise it.
+DEFAULT_MAX_POINTS = 1_000_000
+MAX_POINTS_LIMIT = 5_000_000
+
+# The seconds ZeroGPU reserves a GPU for one reconstruction (VGGT-1B takes a few seconds for
+# tens of frames; the margin covers the first call, which moves the weights to the GPU).
+ZERO_GPU_DURATION_SECONDS = 120
+
+GENERIC_ERROR_MESSAGE = ("Something went wrong on the server while handling this request. "
+                         "It has been logged; please try again, perhaps with fewer or smaller files.")
+CHECKPOINT_HINT = ("To run without downloading, start the app with a local checkpoint: "
+                   "use --checkpoint /path/to/model.pt (or set VGGT_CHECKPOINT).")
+
+ALL_FRAMES_CHOICE = "All"
+
+BRANCH_CHOICES = [("Depth maps + cameras (more accurate)", "depth"), ("Point map head", "point")]
+
+
+# ---------------------------------------------------------------------------------------------
+# Settings: command-line flags with environment-variable defaults
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AppSettings:
+    """Everything the operator of the app can configure (see ``python app.py --help``)."""
+
+    checkpoint: str = DEFAULT_CHECKPOINT
+    device: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 7860
+    share: bool = False
+    max_frames: int = 64
+    video_fps: float = 1.0
+    storage_dir: Path = APP_DIR / "app-data" / "reconstructions"
+    storage_ttl_hours: float = 72.0
+    storage_max_mb: float = 2048.0
+    public_url: str | None = None
+
+    @property
+    def is_untrained(self) -> bool:
+        return self.checkpoint == RANDOM_TINY_CHECKPOINT
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number ≥ 1, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:  # also refuses NaN
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number 0-65535, got {text}")
+    return value
+
+
+def _device(text: str) -> str | None:
+    """A torch device string, checked now rather than on the first reconstruction."""
+    if text in ("", "auto"):
+        return None
+    try:
+        device = torch.device(text)
+    except RuntimeError as error:
+        raise argparse.ArgumentTypeError(f"unknown device {text!r} ({error})") from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text}: CUDA is not available on this machine")
+    return text
+
+
+def _env_flag(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def build_arg_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
+    """The command line; each flag's default comes from its environment variable if set."""
+    env = os.environ if environ is None else environ
+    defaults = AppSettings()
+    parser = argparse.ArgumentParser(
+        prog="python app.py",
+        description="VGGT Reconstruct: a browser app that turns photos or a video into a 3-D point "
+                    "cloud with cameras, depth maps, downloads and share links. Every flag can also be "
+                    "set with the environment variable named in its help.")
+    parser.add_argument(
+        "--checkpoint", default=env.get("VGGT_CHECKPOINT", defaults.checkpoint),
+        help="model weights: a Hugging Face repo id, a local .pt/.pth/.safetensors file or a folder "
+             f"holding one, or '{RANDOM_TINY_CHECKPOINT}' (an untrained tiny model for development) "
+             f"[env VGGT_CHECKPOINT; default {defaults.checkpoint}]")
+    parser.add_argument(
+        "--device", type=_device, default=env.get("VGGT_DEVICE", "auto"),
+        help="cuda, cuda:1, mps, cpu or auto [env VGGT_DEVICE; default auto: CUDA, then MPS, then CPU]")
+    parser.add_argument(
+        "--host", default=env.get("GRADIO_SERVER_NAME", defaults.host),
+        help=f"address to listen on; 0.0.0.0 for every interface [env GRADIO_SERVER_NAME; default {defaults.host}]")
+    parser.add_argument(
+        "--port", type=_port, default=env.get("GRADIO_SERVER_PORT", str(defaults.port)),
+        help=f"port to listen on [env GRADIO_SERVER_PORT; default {defaults.port}]")
+    parser.add_argument(
+        "--share", action=argparse.BooleanOptionalAction, default=_env_flag(env.get("VGGT_SHARE")),
+        help="also open a temporary public *.gradio.live link [env VGGT_SHARE=1; default off]")
+    parser.add_argument(
+        "--max-frames", type=_positive_int, default=env.get("VGGT_MAX_FRAMES", str(defaults.max_frames)),
+        help="most frames one reconstruction may have; more photos are refused, videos are thinned "
+             f"evenly to fit [env VGGT_MAX_FRAMES; default {defaults.max_frames}]")
+    parser.add_argument(
+        "--video-fps", type=_positive_float, default=env.get("VGGT_VIDEO_FPS", str(defaults.video_fps)),
+        help="initial frames per second sampled from a video (users can change it) "
+             f"[env VGGT_VIDEO_FPS; default {defaults.video_fps:g}]")
+    parser.add_argument(
+        "--storage-dir", type=Path, default=env.get("VGGT_STORAGE_DIR", str(defaults.storage_dir)),
+        help="folder for stored reconstructions (one sub-folder per share id) "
+             "[env VGGT_STORAGE_DIR; default app-data/reconstructions next to app.py]")
+    parser.add_argument(
+        "--storage-ttl-hours", type=_positive_float,
+        default=env.get("VGGT_STORAGE_TTL_HOURS", str(defaults.storage_ttl_hours)),
+        help="delete stored reconstructions (and break their share links) after this many hours "
+             f"[env VGGT_STORAGE_TTL_HOURS; default {defaults.storage_ttl_hours:g}]")
+    parser.add_argument(
+        "--storage-max-mb", type=_positive_float,
+        default=env.get("VGGT_STORAGE_MAX_MB", str(defaults.storage_max_mb)),
+        help="keep the storage folder under this many megabytes by deleting the oldest "
+             f"reconstructions first [env VGGT_STORAGE_MAX_MB; default {defaults.storage_max_mb:g}]")
+    parser.add_argument(
+        "--public-url", default=env.get("VGGT_PUBLIC_URL") or None,
+        help="the page's public address used in share links, e.g. https://example.org/vggt/ "
+             "(needed only behind proxies that hide it) [env VGGT_PUBLIC_URL; default: taken from "
+             "the browser's request]")
+    return parser
+
+
+def parse_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> AppSettings:
+    args = build_arg_parser(environ).parse_args(argv)
+    return AppSettings(checkpoint=args.checkpoint, device=args.device, host=args.host, port=args.port,
+                       share=args.share, max_frames=args.max_frames, video_fps=args.video_fps,
+                       storage_dir=Path(args.storage_dir).expanduser(),
+                       storage_ttl_hours=args.storage_ttl_hours, storage_max_mb=args.storage_max_mb,
+                       public_url=args.public_url)
+
+
+# ---------------------------------------------------------------------------------------------
+# The model: loaded on first use, once per process
+# ---------------------------------------------------------------------------------------------
+
+
+class ModelProvider:
+    """Loads the model the first time it is needed, so the page comes up at once.
+
+    A lock makes concurrent first requests wait for one load instead of each loading 5 GB.
+    A failed load is not remembered: the next request tries again (the network may be back).
+    """
+
+    def __init__(self, checkpoint: str, device: str | None = None):
+        self.checkpoint = checkpoint
+        self.device = device
+        self._model: torch.nn.Module | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def is_loaded(self) -> bool:
+        return self._model is not None
+
+    def get(self) -> torch.nn.Module:
+        with self._lock:
+            if self._model is None:
+                started = time.perf_counter()
+                self._model = self._load()
+                logger.info("loaded %s in %.1f s", self.checkpoint, time.perf_counter() - started)
+            return self._model
+
+    def _load(self) -> torch.nn.Module:
+        if self.checkpoint == RANDOM_TINY_CHECKPOINT:
+            # Seeded so that every process builds the same weights, without disturbing the
+            # global random state of whoever imported us.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                model = VGGT(tiny_config())
+            return model.to(resolve_device(self.device)).eval()
+        return load_model(self.checkpoint, device=self.device)
+
+
+def _on_zero_gpu(function: Callable) -> Callable:
+    """``spaces.GPU`` on a Hugging Face ZeroGPU Space; the function unchanged everywhere else."""
+    try:
+        import spaces  # type: ignore[import-not-found]
+    except ImportError:
+        return function
+    return spaces.GPU(duration=ZERO_GPU_DURATION_SECONDS)(function)
+
+
+@_on_zero_gpu
+def run_model(model: torch.nn.Module, frames: list[InputFrame],
+              progress: Callable[[float, str], None]) -> Reconstruction:
+    """The only GPU work: on ZeroGPU a GPU is attached for exactly this call."""
+    return reconstruct_frames(model, frames, progress=progress)
+
+
+class ProgressRange:
+    """Maps a stage's own 0..1 progress into ``[start, end]`` of the overall progress bar."""
+
+    def __init__(self, progress: Callable[..., Any], start: float, end: float):
+        self.progress = progress
+        self.start = start
+        self.end = end
+
+    def __call__(self, fraction: float, message: str) -> None:
+        fraction = min(max(float(fraction), 0.0), 1.0)
+        self.progress(self.start + (self.end - self.start) * fraction, desc=_sentence_case(message))
+
+
+def _sentence_case(message: str) -> str:
+    return message[:1].upper() + message[1:]
+
+
+# ---------------------------------------------------------------------------------------------
+# Stored reconstructions: share ids, expiry, size limit
+# ---------------------------------------------------------------------------------------------
+
+# token_urlsafe(18) gives 24 characters of [A-Za-z0-9_-] (144 random bits). Anything else is
+# rejected before it gets near the file system, which rules out path traversal.
+RECONSTRUCTION_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{22,64}")
+RECONSTRUCTION_ID_BYTES = 18
+_INCOMING_PREFIX = ".incoming-"
+_STALE_INCOMING_SECONDS = 3600
+
+
+class ReconstructionNotFoundError(LookupError):
+    """The id is malformed, unknown or expired; ``str()`` is the message for the user."""
+
+
+def is_valid_reconstruction_id(text: object) -> bool:
+    return isinstance(text, str) and RECONSTRUCTION_ID_PATTERN.fullmatch(text) is not None
+
+
+@dataclass(frozen=True)
+class StoredReconstruction:
+    id: str
+    reconstruction: Reconstruction
+    metadata: dict[str, Any]
+
+    @property
+    def created_at(self) -> float:
+        return float(self.metadata.get("created_at", 0.0))
+
+
+class ReconstructionStore:
+    """Reconstructions on disk, one folder per id: ``<root>/<id>/reconstruction.npz`` and
+    ``metadata.json``, plus the few most recently used ones in memory.
+
+    Entries expire ``ttl_seconds`` after they were created, and the oldest are deleted first
+    whenever the folder grows over ``max_bytes`` (the newest entry is always kept, so a fresh
+    share link never breaks at once). There is deliberately no way to list the entries: an id is
+    the only key, and it is the secret part of a share link.
+    """
+
+    RECONSTRUCTION_FILE = "reconstruction.npz"
+    METADATA_FILE = "metadata.json"
+
+    def __init__(self, root: str | os.PathLike, *, ttl_seconds: float, max_bytes: int,
+                 memory_cache_size: int = 4, clock: Callable[[], float] = time.time):
+        self.root = Path(root)
+        self.ttl_seconds = float(ttl_seconds)
+        self.max_bytes = int(max_bytes)
+        self.memory_cache_size = memory_cache_size
+        self.clock = clock
+        self._cache: OrderedDict[str, StoredReconstruction] = OrderedDict()
+        # Saved but not yet on disk: id -> (reconstruction, set once the write has ended).
+        self._pending: dict[str, tuple[StoredReconstruction, threading.Event]] = {}
+        self._lock = threading.RLock()
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    # ---- writing
+
+    def save(self, reconstruction: Reconstruction, metadata: Mapping[str, Any] | None = None, *,
+             background: bool = False) -> str:
+        """Store a reconstruction under a new random id and return the id.
+
+        With ``background``, the (compressed, so slow: seconds for 50 frames) file is written by a
+        thread and the id is usable at once: until the file exists, :meth:`load` serves the
+        reconstruction from memory and :meth:`npz_path` waits for it.
+        """
+        recon_id = secrets.token_urlsafe(RECONSTRUCTION_ID_BYTES)
+        info = dict(metadata or {})
+        info["created_at"] = self.clock()
+        stored = StoredReconstruction(recon_id, reconstruction, info)
+        written = threading.Event()
+        with self._lock:
+            self._pending[recon_id] = (stored, written)
+            self._remember(stored)
+        if background:
+            threading.Thread(target=self._write_logging_errors, args=(stored, written),
+                             name=f"store-{recon_id[:6]}", daemon=True).start()
+        else:
+            self._write(stored, written)
+        return recon_id
+
+    def _write(self, stored: StoredReconstruction, written: threading.Event) -> None:
+        # Written under a hidden name and renamed, so no reader (or pruner) sees half an entry.
+        incoming = self.root / f"{_INCOMING_PREFIX}{stored.id}"
+        try:
+            incoming.mkdir()
+            stored.reconstruction.save(incoming / self.RECONSTRUCTION_FILE)
+            (incoming / self.METADATA_FILE).write_text(json.dumps(stored.metadata, indent=1), encoding="utf-8")
+            os.replace(incoming, self.root / stored.id)
+        except BaseException:
+            shutil.rmtree(incoming, ignore_errors=True)
+            raise
+        finally:
+            with self._lock:
+                self._pending.pop(stored.id, None)
+            written.set()
+        self.prune(keep=stored.id)
+
+    def _write_logging_errors(self, stored: StoredReconstruction, written: threading.Event) -> None:
+        try:
+            self._write(stored, written)
+        except Exception:  # a full disk, say: the scene stays viewable while it is in memory
+            logger.exception("could not store reconstruction %s", stored.id)
+
+    # ---- reading
+
+    def load(self, recon_id: str) -> StoredReconstruction:
+        """The stored reconstruction, from memory when it was used recently.
+
+        Raises:
+            ReconstructionNotFoundError: malformed, unknown or expired id.
+        """
+        if not is_valid_reconstruction_id(recon_id):
+            raise ReconstructionNotFoundError(self.not_found_message())
+        with self._lock:
+            stored = self._cache.get(recon_id)
+            if stored is None and recon_id in self._pending:
+                stored = self._pending[recon_id][0]
+        if stored is None:
+            stored = self._read(recon_id)  # outside the lock: large files take seconds
+        with self._lock:
+            if self._is_expired(stored.created_at):
+                self._delete(recon_id)
+                raise ReconstructionNotFoundError(self.not_found_message())
+            self._remember(stored)
+        return stored
+
+    def npz_path(self, recon_id: str, timeout_s: float = 300.0) -> Path:
+        """The stored ``.npz`` of an id, once it is written.
+
+        Raises:
+            ReconstructionNotFoundError: malformed, unknown or expired id, or the file could not be written.
+        """
+        if not is_valid_reconstruction_id(recon_id):
+            raise ReconstructionNotFoundError(self.not_found_message())
+        with self._lock:
+            pending = self._pending.get(recon_id)
+        if pending is not None:
+            pending[1].wait(timeout_s)
+        path = self.root / recon_id / self.RECONSTRUCTION_FILE
+        if not path.is_file():
+            raise ReconstructionNotFoundError(self.not_found_message())
+        return path
+
+    def expires_at(self, stored: StoredReconstruction) -> float:
+        return stored.created_at + self.ttl_seconds
+
+    def not_found_message(self) -> str:
+        return ("This reconstruction link is invalid or has expired (reconstructions are kept for "
+                f"{self.ttl_seconds / 3600:g} hours). Please upload the photos or video again.")
+
+    def _read(self, recon_id: str) -> StoredReconstruction:
+        folder = self.root / recon_id
+        if not (folder / self.RECONSTRUCTION_FILE).is_file():
+            raise ReconstructionNotFoundError(self.not_found_message())
+        metadata = self._read_metadata(folder)
+        try:
+            reconstruction = Reconstruction.load(folder / self.RECONSTRUCTION_FILE)
+        except InputError as error:
+            logger.warning("stored reconstruction %s is unreadable (%s); deleting it", recon_id, error)
+            self._delete(recon_id)
+            raise ReconstructionNotFoundError(self.not_found_message()) from error
+        return StoredReconstruction(recon_id, reconstruction, metadata)
+
+    def _read_metadata(self, folder: Path) -> dict[str, Any]:
+        """The entry's metadata; a missing or damaged file counts as created at time 0 (expired)."""
+        try:
+            metadata = json.loads((folder / self.METADATA_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {"created_at": 0.0}
+        if not isinstance(metadata, dict) or not isinstance(metadata.get("created_at"), (int, float)):
+            return {"created_at": 0.0}
+        return metadata
+
+    def _remember(self, stored: StoredReconstruction) -> None:
+        self._cache[stored.id] = stored
+        self._cache.move_to_end(stored.id)
+        while len(self._cache) > self.memory_cache_size:
+            self._cache.popitem(last=False)
+
+    # ---- expiry and size
+
+    def _is_expired(self, created_at: float) -> bool:
+        return self.clock() - created_at > self.ttl_seconds
+
+    def prune(self, keep: str | None = None) -> list[str]:
+        """Delete expired entries, then the oldest ones until the total fits in ``max_bytes``.
+
+        ``keep`` (the entry just saved) is never deleted for size. Returns the deleted ids.
+        """
+        with self._lock:
+            self._remove_stale_incoming()
+            entries = []  # (created_at, id, bytes)
+            for folder in self.root.iterdir():
+                if folder.is_dir() and is_valid_reconstruction_id(folder.name):
+                    created_at = float(self._read_metadata(folder)["created_at"])
+                    entries.append((created_at, folder.name, _folder_bytes(folder)))
+            entries.sort()
+
+            removed = [recon_id for created_at, recon_id, _ in entries
+                       if recon_id != keep and self._is_expired(created_at)]
+            remaining = [entry for entry in entries if entry[1] not in removed]
+            total = sum(size for _, _, size in remaining)
+            for _, recon_id, size in remaining:
+                if total <= self.max_bytes:
+                    break
+                if recon_id != keep:
+                    removed.append(recon_id)
+                    total -= size
+            for recon_id in removed:
+                self._delete(recon_id)
+            if removed:
+                logger.info("pruned %d stored reconstruction(s); %.1f MB left", len(removed), total / 1e6)
+            return removed
+
+    def total_bytes(self) -> int:
+        return sum(_folder_bytes(folder) for folder in self.root.iterdir()
+                   if folder.is_dir() and is_valid_reconstruction_id(folder.name))
+
+    def _remove_stale_incoming(self) -> None:
+        # Left behind only by a crash in the middle of save().
+        for folder in self.root.glob(f"{_INCOMING_PREFIX}*"):
+            try:
+                if time.time() - folder.stat().st_mtime > _STALE_INCOMING_SECONDS:
+                    shutil.rmtree(folder, ignore_errors=True)
+            except OSError:
+                pass
+
+    def _delete(self, recon_id: str) -> None:
+        self._cache.pop(recon_id, None)
+        shutil.rmtree(self.root / recon_id, ignore_errors=True)
+
+
+def _folder_bytes(folder: Path) -> int:
+    total = 0
+    for path in folder.rglob("*"):
+        try:
+            if path.is_file():
+                total += path.stat().st_size
+        except OSError:  # deleted meanwhile
+            pass
+    return total
+
+
+# ---------------------------------------------------------------------------------------------
+# Rendering views, depth maps and downloads from a stored reconstruction
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RenderedView:
+    glb_path: Path
+    num_points: int
+    num_cameras: int
+    confidence_threshold: float
+    branch: str
+
+
+class ViewRenderer:
+    """Writes what the page shows (GLB scenes, depth-map images, download files) into a
+    temporary folder that Gradio may serve, one sub-folder per reconstruction.
+
+    Results are cached by their settings, so going back to an earlier slider position is
+    instant; the sub-folders of the least recently used reconstructions are deleted.
+    The storage folder itself is never handed to Gradio.
+    """
+
+    def __init__(self, root: Path, max_reconstructions: int = 16, max_views: int = 32):
+        self.root = root
+        self.max_reconstructions = max_reconstructions
+        # A GLB of a million points is ~16 MB: bound how many slider positions stay on disk.
+        self.max_views = max_views
+        self._views: OrderedDict[tuple[str, ViewSettings], RenderedView] = OrderedDict()
+        self._recently_used: OrderedDict[str, None] = OrderedDict()
+        self._lock = threading.Lock()
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def view(self, stored: StoredReconstruction, settings: ViewSettings) -> RenderedView:
+        key = (stored.id, settings)
+        with self._lock:
+            cached = self._views.get(key)
+            if cached is not None:
+                self._views.move_to_end(key)
+        if cached is not None and cached.glb_path.is_file():
+            self._touch(stored.id)
+            return cached
+        folder = self._folder(stored.id)
+        target = folder / f"view-{_settings_digest(settings)}.glb"
+        # Written aside and renamed: a concurrent request for the same view never reads half a file.
+        partial = folder / f".{target.name}.{secrets.token_hex(4)}"
+        result = export_glb(stored.reconstruction, partial, settings)
+        os.replace(partial, target)
+        rendered = RenderedView(target, result.num_points, result.num_cameras,
+                                result.confidence_threshold, result.branch)
+        with self._lock:
+            self._views[key] = rendered
+            self._views.move_to_end(key)
+            evicted = [self._views.popitem(last=False)[1] for _ in range(len(self._views) - self.max_views)]
+        for old_view in evicted:
+            old_view.glb_path.unlink(missing_ok=True)
+        return rendered
+
+    def depth_gallery(self, stored: StoredReconstruction) -> list[tuple[str, str]]:
+        """(image file, caption) triples per frame: the input, its depth, its confidence."""
+        folder = self._folder(stored.id)
+        recon = stored.reconstruction
+        marker = folder / "depth-maps.json"
+        if marker.is_file():
+            return [tuple(item) for item in json.loads(marker.read_text(encoding="utf-8"))]
+        depth_images = colorize_depth_maps(recon.depth)
+        confidence_images = colorize_confidence_maps(recon.depth_conf)
+        items = []
+        for index, name in enumerate(recon.frame_names):
+            label = frame_label(index, name)
+            for kind, pixels in (("input", recon.images[index]), ("depth", depth_images[index]),
+                                 ("confidence", confidence_images[index])):
+                path = folder / f"{kind}-{index:04d}.jpg"
+                Image.fromarray(pixels).save(path, quality=88)
+                items.append((str(path), f"{label} · {kind}"))
+        marker.write_text(json.dumps(items), encoding="utf-8")
+        return items
+
+    def downloads(self, stored: StoredReconstruction, stored_npz: Path, settings: ViewSettings) -> list[str]:
+        """GLB, PLY and zipped COLMAP model of the current view, plus the raw predictions."""
+        folder = self._folder(stored.id) / f"export-{_settings_digest(settings)}"
+        written = export_all(stored.reconstruction, folder, ("glb", "ply", "colmap"), settings)
+        npz_copy = folder / "reconstruction.npz"
+        # The stored file is exactly what Reconstruction.save writes; copying beats recompressing.
+        shutil.copyfile(stored_npz, npz_copy)
+        return [str(written["glb"]), str(written["ply"]), str(written["colmap_zip"]), str(npz_copy)]
+
+    def forget(self, recon_id: str) -> None:
+        with self._lock:
+            for key in [key for key in self._views if key[0] == recon_id]:
+                del self._views[key]
+            self._recently_used.pop(recon_id, None)
+        shutil.rmtree(self.root / recon_id, ignore_errors=True)
+
+    def _folder(self, recon_id: str) -> Path:
+        folder = self.root / recon_id
+        folder.mkdir(parents=True, exist_ok=True)
+        self._touch(recon_id)
+        return folder
+
+    def _touch(self, recon_id: str) -> None:
+        with self._lock:
+            self._recently_used[recon_id] = None
+            self._recently_used.move_to_end(recon_id)
+            evicted = []
+            while len(self._recently_used) > self.max_reconstructions:
+                evicted.append(self._recently_used.popitem(last=False)[0])
+        for old_id in evicted:
+            self.forget(old_id)
+
+
+def _settings_digest(settings: ViewSettings) -> str:
+    return hashlib.sha256(repr(dataclasses.astuple(settings)).encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------
+# Small presentation helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def frame_label(index: int, name: str) -> str:
+    return f"{index}: {name}"
+
+
+def frame_choices(recon: Reconstruction) -> list[str]:
+    return [ALL_FRAMES_CHOICE] + [frame_label(i, name) for i, name in enumerate(recon.frame_names)]
+
+
+def parse_frame_choice(choice: str | None, num_frames: int) -> int | None:
+    """``"All"`` → None; ``"3: name"`` → 3. Anything else is a user-visible InputError."""
+    if choice in (None, "", ALL_FRAMES_CHOICE):
+        return None
+    match = re.match(r"\s*(\d+)\s*:", str(choice))
+    if not match or int(match.group(1)) >= num_frames:
+        raise InputError(f"Unknown frame {choice!r}; choose 'All' or one of the listed frames.")
+    return int(match.group(1))
+
+
+# The display controls, in the order every handler receives them.
+VIEW_CONTROL_NAMES = ("confidence", "branch", "frame", "show_cameras", "filter_black", "filter_white", "max_points")
+
+
+def view_settings_from_controls(confidence_percentile: float, branch: str, frame_choice: str | None,
+                                show_cameras: bool, filter_black: bool, filter_white: bool,
+                                max_points: float, *, num_frames: int) -> ViewSettings:
+    """The controls' values (see :data:`VIEW_CONTROL_NAMES`) as checked :class:`ViewSettings`."""
+    if branch not in ("depth", "point"):
+        raise InputError(f"Unknown prediction branch {branch!r}; choose 'depth' or 'point'.")
+    if max_points is None or not 1 <= float(max_points) <= MAX_POINTS_LIMIT:
+        raise InputError(f"The maximum number of points must lie between 1 and {MAX_POINTS_LIMIT:,}.")
+    return ViewSettings(confidence_threshold=float(confidence_percentile), threshold_is_percentile=True,
+                        branch=branch, frame_index=parse_frame_choice(frame_choice, num_frames),
+                        show_cameras=bool(show_cameras), filter_black_background=bool(filter_black),
+                        filter_white_background=bool(filter_white), max_points=int(max_points))
+
+
+def summary_markdown(stored: StoredReconstruction, view: RenderedView) -> str:
+    recon = stored.reconstruction
+    height, width = recon.image_size_hw
+    info = stored.metadata
+    first_line = f"**{recon.num_frames} frames** at {width}×{height} px"
+    if "seconds" in info:  # absent for reconstructions that were not made by this app's model run
+        first_line += f" · reconstructed in {float(info['seconds']):.1f} s"
+    lines = [
+        first_line,
+        f"**{view.num_points:,} points shown** · {view.num_cameras} cameras · "
+        f"{'depth' if view.branch == 'depth' else 'point map'} branch, confidence ≥ {view.confidence_threshold:.3g}",
+    ]
+    if info.get("untrained"):
+        lines.append("⚠️ Made with an **untrained** model: the geometry is meaningless.")
+    return "  \n".join(lines)
+
+
+def untrained_banner_html() -> str:
+    return ("<div class='vggt-banner' role='alert'>⚠️ <strong>Untrained model.</strong> This server runs "
+            f"<code>--checkpoint {RANDOM_TINY_CHECKPOINT}</code>, a tiny network with random weights for "
+            "development: every result it shows is meaningless. Start the app with real weights "
+            "(the default <code>facebook/VGGT-1B</code> or a local file) for real reconstructions.</div>")
+
+
+def share_link(page_url: str, recon_id: str) -> str:
+    return f"{page_url.split('?')[0].split('#')[0]}?{SHARE_QUERY_PARAMETER}={recon_id}"
+
+
+def page_url_from_request(request: gr.Request | None, public_url: str | None) -> str:
+    """The address of the page the user is on, for share links.
+
+    Prefers the configured public URL; then the browser's Referer (the page itself, path
+    included, which is right behind path-based proxies); then the Host headers.
+    """
+    if public_url:
+        return public_url
+    headers = {key.lower(): value for key, value in dict(getattr(request, "headers", {}) or {}).items()}
+    referer = headers.get("referer", "")
+    if referer.startswith(("http://", "https://")):
+        return referer
+    host = (headers.get("x-forwarded-host") or headers.get("host") or "localhost").split(",")[0].strip()
+    scheme = (headers.get("x-forwarded-proto") or "http").split(",")[0].strip()
+    return f"{scheme}://{host}/"
+
+
+def reconstruction_id_from_text(text: str | None) -> str:
+    """Accept either a bare id or a whole share link, and return the id part."""
+    text = (text or "").strip()
+    if "?" in text or "://" in text:
+        values = parse_qs(urlsplit(text).query).get(SHARE_QUERY_PARAMETER, [])
+        return values[0] if values else ""
+    return text
+
+
+def user_message(text: str) -> str:
+    """Gradio renders error messages as HTML; file names come from users, so escape them."""
+    return html.escape(text, quote=False)
+
+
+def show_user_errors(handler: Callable) -> Callable:
+    """Turn every failure of an event handler into a message: never a traceback on the page."""
+
+    @functools.wraps(handler)
+    def wrapper(*args, **kwargs):
+        try:
+            return handler(*args, **kwargs)
+        except gr.Error:
+            raise
+        except WeightsUnavailableError as error:
+            message = str(error)
+            if "--checkpoint" not in message:
+                message = f"{message}\n{CHECKPOINT_HINT}"
+            logger.warning("weights unavailable: %s", error)
+            raise gr.Error(user_message(message), duration=None) from None
+        except (FrameLimitError, InputError, ReconstructionNotFoundError) as error:
+            raise gr.Error(user_message(str(error))) from None
+        except Exception:
+            logger.exception("unexpected error in %s", handler.__name__)
+            raise gr.Error(GENERIC_ERROR_MESSAGE) from None
+
+    return wrapper
+
+
+def _file_paths(files: Any) -> list[str]:
+    """Gradio gives a list of paths (or one path, or None) for a multiple-file upload."""
+    if not files:
+        return []
+    if isinstance(files, (str, os.PathLike)):
+        return [os.fspath(files)]
+    return [os.fspath(getattr(item, "name", item)) for item in files]
+
+
+def _describe_inputs(paths: Sequence[str]) -> str:
+    videos = [Path(p).name for p in paths if is_video_file(p)]
+    photos = len(paths) - len(videos)
+    parts = ([f"{photos} photo{'s' if photos != 1 else ''}"] if photos else []) + videos
+    return ", ".join(parts)
+
+
+def _thumbnail(frame: InputFrame, size: int = 320) -> Image.Image:
+    image = open_image_rgb(frame.source, frame.name) if not isinstance(frame.source, Image.Image) else frame.source
+    image = image.copy()
+    image.thumbnail((size, size))
+    return image
+
+
+# ---------------------------------------------------------------------------------------------
+# Event handlers
+# ---------------------------------------------------------------------------------------------
+
+
+class ReconstructionService:
+    """What the page's events do, independent of the layout (so it is easy to test)."""
+
+    def __init__(self, settings: AppSettings, store: ReconstructionStore, renderer: ViewRenderer,
+                 models: ModelProvider):
+        self.settings = settings
+        self.store = store
+        self.renderer = renderer
+        self.models = models
+
+    # ---- before running
+
+    def preview(self, files: Any, fps: float) -> tuple[list[tuple[Image.Image, str]], str]:
+        """Frames that would be reconstructed, as small thumbnails, and a one-line status."""
+        paths = _file_paths(files)
+        if not paths:
+            return [], ""
+        try:
+            frames = gather_input_frames(paths, fps=float(fps), max_frames=self.settings.max_frames)
+            thumbnails = [(_thumbnail(frame), frame.name) for frame in frames]
+        except (InputError, WeightsUnavailableError) as error:
+            # A warning rather than an error: the upload stays in place so the user can fix it.
+            gr.Warning(user_message(str(error)))
+            return [], f"⚠️ {user_message(str(error))}"
+        video_note = f" (video sampled at {float(fps):g} frames/s)" if any(map(is_video_file, paths)) else ""
+        status = (f"{len(frames)} frame{'s' if len(frames) != 1 else ''} ready{video_note}; "
+                  f"at most {self.settings.max_frames} per reconstruction.")
+        return thumbnails, status
+
+    # ---- running the model
+
+    def reconstruct(self, files: Any, fps: float, progress: Callable[..., Any]) -> str:
+        """Run the model on the uploaded files, store the result, return its id."""
+        paths = _file_paths(files)
+        if not paths:
+            raise InputError("Add some photos or a video first.")
+        progress(0.0, desc="Reading the inputs")
+        frames = gather_input_frames(paths, fps=float(fps), max_frames=self.settings.max_frames)
+        if not self.models.is_loaded:
+            progress(0.05, desc="Loading the model weights (first run only)")
+        model = self.models.get()
+        started = time.perf_counter()
+        reconstruction = run_model(model, frames, ProgressRange(progress, 0.1, 0.85))
+        seconds = time.perf_counter() - started
+        progress(0.87, desc="Saving the reconstruction")
+        metadata = {"seconds": round(seconds, 3), "checkpoint": self.settings.checkpoint,
+                    "untrained": self.settings.is_untrained, "inputs": _describe_inputs(paths),
+                    "num_frames": reconstruction.num_frames}
+        recon_id = self.store.save(reconstruction, metadata, background=True)
+        logger.info("reconstructed %d frames in %.1f s", reconstruction.num_frames, seconds)
+        return recon_id
+
+    # ---- showing a stored reconstruction
+
+    def view_settings(self, stored: StoredReconstruction, controls: Sequence[Any]) -> ViewSettings:
+        """``controls``: the values of the view controls, in the order of :data:`VIEW_CONTROL_NAMES`."""
+        return view_settings_from_controls(*controls, num_frames=stored.reconstruction.num_frames)
+
+    def scene_outputs(self, recon_id: str, controls: Sequence[Any], page_url: str) -> tuple:
+        """Every output of the page for a stored reconstruction (viewed with all frames)."""
+        stored = self.store.load(recon_id)
+        controls = list(controls)
+        controls[VIEW_CONTROL_NAMES.index("frame")] = ALL_FRAMES_CHOICE
+        view = self.renderer.view(stored, self.view_settings(stored, controls))
+        return (str(view.glb_path), summary_markdown(stored, view), self.renderer.depth_gallery(stored),
+                gr.Dropdown(choices=frame_choices(stored.reconstruction), value=ALL_FRAMES_CHOICE),
+                stored.id, gr.Textbox(value=share_link(page_url, stored.id), info=self.expiry_note(stored)),
+                None)  # clears the downloads of the previous reconstruction
+
+    def view_outputs(self, recon_id: str, controls: Sequence[Any]) -> tuple[str, str]:
+        """The viewer's GLB and the summary after a view control changed."""
+        stored = self.store.load(recon_id)
+        view = self.renderer.view(stored, self.view_settings(stored, controls))
+        return str(view.glb_path), summary_markdown(stored, view)
+
+    def downloads(self, recon_id: str, controls: Sequence[Any]) -> list[str]:
+        stored = self.store.load(recon_id)
+        return self.renderer.downloads(stored, self.store.npz_path(recon_id), self.view_settings(stored, controls))
+
+    def expiry_note(self, stored: StoredReconstruction) -> str:
+        expires = datetime.fromtimestamp(self.store.expires_at(stored), tz=timezone.utc)
+        return f"Anyone with this link can view this reconstruction until {expires:%Y-%m-%d %H:%M} UTC."
+
+
+# ---------------------------------------------------------------------------------------------
+# The page
+# ---------------------------------------------------------------------------------------------
+
+APP_CSS = """
+.vggt-banner { background: #fff4d6; color: #5c3d00; border: 1px solid #f0b429; border-radius: 8px;
+               padding: 10px 14px; margin-bottom: 4px; }
+.vggt-howto ol { margin-top: 0; }
+"""
+
+HOW_TO = """
+# VGGT Reconstruct
+Turn a few photos or a short video into a 3-D point cloud with the cameras that took them.
+
+1. **Add photos** (several views of the same scene) **or one video** — or pick an example below.
+2. Press **Reconstruct**. The first run also loads the model.
+3. Explore the scene, adjust the display settings (no re-run needed), download the results
+   or copy the share link.
+"""
+
+
+def example_sets(examples_dir: Path = EXAMPLES_DIR) -> tuple[list[list[list[str]]], list[str]]:
+    """``gr.Examples`` rows (one multi-file value each) and labels, one per example folder."""
+    rows, labels = [], []
+    if not examples_dir.is_dir():
+        return rows, labels
+    for folder in sorted(p for p in examples_dir.iterdir() if p.is_dir()):
+        images = sorted(str(p) for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+        if images:
+            rows.append([images])
+            labels.append(f"{folder.name.replace('_', ' ').capitalize()} ({len(images)} views)")
+    return rows, labels
+
+
+def launch_options(settings: AppSettings) -> dict[str, Any]:
+    """Keyword arguments for ``demo.launch`` that belong to the app's look (Gradio 6 takes the
+    theme and CSS at launch time)."""
+    return {"theme": gr.themes.Soft(), "css": APP_CSS}
+
+
+def build_app(settings: AppSettings) -> gr.Blocks:
+    """The whole page. Prunes the storage folder once; starts nothing."""
+    store = ReconstructionStore(settings.storage_dir, ttl_seconds=settings.storage_ttl_hours * 3600,
+                                max_bytes=int(settings.storage_max_mb * 1e6))
+    store.prune()
+    render_root = Path(tempfile.mkdtemp(prefix="vggt-app-views-"))
+    atexit.register(shutil.rmtree, render_root, ignore_errors=True)
+    service = ReconstructionService(settings, store, ViewRenderer(render_root),
+                                    ModelProvider(settings.checkpoint, settings.device))
+    defaults = ViewSettings(max_points=DEFAULT_MAX_POINTS)
+
+    # Gradio keeps its own copy of every file it serves; delete those after an hour.
+    with gr.Blocks(title="VGGT Reconstruct", delete_cache=(900, 3600)) as demo:
+        gr.Markdown(HOW_TO, elem_classes="vggt-howto")
+        if settings.is_untrained:
+            gr.HTML(untrained_banner_html(), elem_id="untrained-banner")
+
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=2, min_width=320):
+                input_files = gr.File(label="Photos or one video", file_count="multiple",
+                                      file_types=["image", "video"], height=200, elem_id="input-files")
+                video_fps = gr.Slider(0.25, 10, value=settings.video_fps, step=0.25,
+                                      label="Video frames per second",
+                                      info=f"Videos are sampled at this rate, at most {settings.max_frames} frames.")
+                input_status = gr.Markdown(elem_id="input-status")
+                input_gallery = gr.Gallery(label="Frames to reconstruct", columns=4, height=240,
+                                           object_fit="cover", allow_preview=True, elem_id="input-gallery")
+                reconstruct_button = gr.Button("Reconstruct", variant="primary", size="lg",
+                                               elem_id="reconstruct-button")
+                rows, labels = example_sets()
+                if rows:
+                    gr.Examples(examples=rows, inputs=[input_files], example_labels=labels,
+                                label="Examples (synthetic scenes)")
+                with gr.Accordion("Open a shared reconstruction", open=False):
+                    shared_link_input = gr.Textbox(label="Share link or id", placeholder="https://…?r=…",
+                                                   elem_id="open-shared-input")
+                    open_button = gr.Button("Open")
+
+            with gr.Column(scale=3, min_width=400):
+                viewer = gr.Model3D(label="3-D reconstruction", height=520, clear_color=(0.96, 0.96, 0.97, 1.0),
+                                    elem_id="scene-viewer")
+                summary = gr.Markdown("Add photos or a video, then press **Reconstruct**.", elem_id="summary")
+                with gr.Group():
+                    with gr.Row():
+                        confidence_slider = gr.Slider(0, 100, value=defaults.confidence_threshold, step=1,
+                                               label="Confidence threshold (percentile)",
+                                               info="Hide the least confident points: 50 hides half of them.",
+                                               elem_id="confidence-slider")
+                        max_points_slider = gr.Slider(10_000, MAX_POINTS_LIMIT, value=DEFAULT_MAX_POINTS, step=10_000,
+                                               label="Maximum points shown", elem_id="max-points-slider")
+                    with gr.Row():
+                        branch_radio = gr.Radio(BRANCH_CHOICES, value=defaults.branch, label="Points from",
+                                          elem_id="branch-radio")
+                        frame_dropdown = gr.Dropdown([ALL_FRAMES_CHOICE], value=ALL_FRAMES_CHOICE,
+                                            label="Show points of frame", elem_id="frame-dropdown")
+                    with gr.Row():
+                        cameras_checkbox = gr.Checkbox(value=defaults.show_cameras, label="Show cameras")
+                        black_checkbox = gr.Checkbox(value=False, label="Hide black background")
+                        white_checkbox = gr.Checkbox(value=False, label="Hide white background")
+                share_box = gr.Textbox(label="Share link", interactive=False, buttons=["copy"],
+                                       placeholder="Appears after a reconstruction", elem_id="share-link")
+                with gr.Accordion("Downloads", open=False):
+                    gr.Markdown("GLB scene, PLY point cloud and COLMAP model (zip) of the current view, "
+                                "and all raw predictions (.npz, load with `Reconstruction.load`).")
+                    downloads_button = gr.Button("Prepare downloads", elem_id="downloads-button")
+                    downloads = gr.File(label="Files", file_count="multiple", interactive=False,
+                                        elem_id="downloads")
+                recon_id_box = gr.Textbox(visible=False, elem_id="reconstruction-id")
+
+        depth_gallery = gr.Gallery(label="Per view: input, depth (near = warm), confidence (bright = sure)",
+                                   columns=6, height="auto", object_fit="contain", elem_id="depth-gallery")
+
+        # In the order of VIEW_CONTROL_NAMES.
+        view_controls = [confidence_slider, branch_radio, frame_dropdown, cameras_checkbox, black_checkbox,
+                         white_checkbox, max_points_slider]
+        scene_outputs = [viewer, summary, depth_gallery, frame_dropdown, recon_id_box, share_box, downloads]
+
+        def page_url(request: gr.Request | None) -> str:
+            return page_url_from_request(request, settings.public_url)
+
+        # Gradio passes inputs positionally, so each handler spells out the view controls in the
+        # order of VIEW_CONTROL_NAMES; the API parameters get the same names.
+        @show_user_errors
+        def preview_inputs(files, fps):
+            return service.preview(files, fps)
+
+        @show_user_errors
+        def reconstruct(files, fps, confidence, branch, frame, show_cameras, filter_black, filter_white,
+                        max_points, request: gr.Request, progress=gr.Progress()):
+            controls = [confidence, branch, ALL_FRAMES_CHOICE, show_cameras, filter_black, filter_white, max_points]
+            view_settings_from_controls(*controls, num_frames=1)  # refuse bad controls before a model run
+            new_id = service.reconstruct(files, fps, progress)
+            progress(0.92, desc="Building the 3-D scene")
+            return service.scene_outputs(new_id, controls, page_url(request))
+
+        @show_user_errors
+        def update_view(recon_id, confidence, branch, frame, show_cameras, filter_black, filter_white, max_points):
+            if not recon_id:
+                return gr.skip(), gr.skip()  # nothing reconstructed yet
+            controls = [confidence, branch, frame, show_cameras, filter_black, filter_white, max_points]
+            return service.view_outputs(recon_id, controls)
+
+        @show_user_errors
+        def prepare_downloads(recon_id, confidence, branch, frame, show_cameras, filter_black, filter_white,
+                              max_points):
+            if not recon_id:
+                raise InputError("Reconstruct something first; then its files can be downloaded.")
+            controls = [confidence, branch, frame, show_cameras, filter_black, filter_white, max_points]
+            return service.downloads(recon_id, controls)
+
+        @show_user_errors
+        def open_shared(link_or_id, confidence, branch, frame, show_cameras, filter_black, filter_white,
+                        max_points, request: gr.Request):
+            controls = [confidence, branch, frame, show_cameras, filter_black, filter_white, max_points]
+            return service.scene_outputs(reconstruction_id_from_text(link_or_id), controls, page_url(request))
+
+        def open_from_page_url(confidence, branch, frame, show_cameras, filter_black, filter_white, max_points,
+                               request: gr.Request):
+            """On page load: show the reconstruction named by ``?r=<id>``, if any."""
+            requested = dict(getattr(request, "query_params", {}) or {}).get(SHARE_QUERY_PARAMETER)
+            if not requested:
+                return tuple(gr.skip() for _ in scene_outputs)
+            controls = [confidence, branch, frame, show_cameras, filter_black, filter_white, max_points]
+            try:
+                return service.scene_outputs(requested, controls, page_url(request))
+            except ReconstructionNotFoundError as error:
+                message = str(error)
+            except Exception:
+                logger.exception("unexpected error while opening a shared reconstruction")
+                message = GENERIC_ERROR_MESSAGE
+            # Shown in the page as well as in a toast: the visitor came for this scene.
+            gr.Warning(user_message(message))
+            return (gr.skip(), f"⚠️ {user_message(message)}") + tuple(gr.skip() for _ in scene_outputs[2:])
+
+        input_files.change(preview_inputs, [input_files, video_fps], [input_gallery, input_status],
+                           api_name="preview", concurrency_limit=4)
+        video_fps.release(preview_inputs, [input_files, video_fps], [input_gallery, input_status],
+                          api_visibility="private", concurrency_limit=4)
+        # One model run at a time: a GPU holds one VGGT forward, and ZeroGPU grants one GPU.
+        reconstruct_button.click(reconstruct, [input_files, video_fps, *view_controls], scene_outputs,
+                                 api_name="reconstruct", concurrency_limit=1, concurrency_id="gpu",
+                                 scroll_to_output=True)
+        for control in view_controls:
+            # always_last: while a slider is dragged only the final position is rendered.
+            control.change(update_view, [recon_id_box, *view_controls], [viewer, summary],
+                           api_name="update_view" if control is confidence_slider else None,
+                           api_visibility="public" if control is confidence_slider else "private",
+                           trigger_mode="always_last", show_progress="minimal", concurrency_limit=4)
+        downloads_button.click(prepare_downloads, [recon_id_box, *view_controls], [downloads],
+                               api_name="export", concurrency_limit=2)
+        open_button.click(open_shared, [shared_link_input, *view_controls], scene_outputs,
+                          api_name="open_shared", concurrency_limit=4)
+        demo.load(open_from_page_url, view_controls, scene_outputs, api_visibility="private",
+                  show_progress="minimal")
+    return demo
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    settings = parse_settings(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if settings.is_untrained:
+        logger.warning("running with %s: an untrained model, results are meaningless", RANDOM_TINY_CHECKPOINT)
+    demo = build_app(settings)
+    demo.queue(max_size=32)
+    demo.launch(server_name=settings.host, server_port=settings.port, share=settings.share,
+                **launch_options(settings))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""Launching the app in-process for the app and browser tests.
+
+The server runs the untrained ``random-tiny`` model (no download, a few seconds per run on a
+CPU), stores reconstructions in a temporary folder and is closed when the tests are done.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+# Before gradio is imported: no usage statistics from test runs.
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import gradio as gr  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+
+import app  # noqa: E402
+from vggt_core.synthetic import render_scene  # noqa: E402
+
+# Small enough to run fast on a CPU, large enough for a meaningful frame limit test.
+TEST_MAX_FRAMES = 6
+TEST_IMAGE_WIDTH, TEST_IMAGE_HEIGHT = 252, 196
+
+
+@dataclass
+class RunningApp:
+    url: str
+    settings: app.AppSettings
+    demo: gr.Blocks
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def launch_test_app(storage_dir: Path, **overrides) -> RunningApp:
+    """Build and start the app on a free local port; the caller must ``demo.close()`` it."""
+    settings = app.AppSettings(checkpoint=app.RANDOM_TINY_CHECKPOINT, host="127.0.0.1", port=free_port(),
+                               max_frames=TEST_MAX_FRAMES, storage_dir=storage_dir, **overrides)
+    demo = app.build_app(settings)
+    demo.queue()
+    _, local_url, _ = demo.launch(server_name=settings.host, server_port=settings.port,
+                                  prevent_thread_lock=True, quiet=True, **app.launch_options(settings))
+    return RunningApp(url=local_url, settings=settings, demo=demo)
+
+
+@pytest.fixture(scope="module")
+def running_app(tmp_path_factory):
+    """One server per test module, closed afterwards."""
+    server = launch_test_app(tmp_path_factory.mktemp("app-storage"))
+    try:
+        yield server
+    finally:
+        server.demo.close()
+
+
+@pytest.fixture(scope="module")
+def synthetic_photos(tmp_path_factory) -> list[Path]:
+    """Three views of the synthetic room as PNG files."""
+    folder = tmp_path_factory.mktemp("photos")
+    scene = render_scene("room", num_views=3, width=TEST_IMAGE_WIDTH, height=TEST_IMAGE_HEIGHT, seed=1)
+    paths = []
+    for index, pixels in enumerate(scene.images):
+        path = folder / f"view_{index}.png"
+        Image.fromarray(np.asarray(pixels)).save(path)
+        paths.append(path)
+    return paths
