@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import gradio as gr
 import torch
@@ -52,6 +52,7 @@ from vggt_core.filtering import ViewSettings
 from vggt_core.images import open_image_rgb
 from vggt_core.pipeline import InputFrame, gather_input_frames, is_video_file, reconstruct_frames
 from vggt_core.reconstruction import Reconstruction
+from vggt_core.store import ReconstructionNotFoundError, ReconstructionStore, StoredReconstruction
 
 logger = logging.getLogger("vggt_app")
 
@@ -69,6 +70,8 @@ SHARE_QUERY_PARAMETER = "r"
 # second for 50 frames, and browsers stay responsive. Users can raise it.
 DEFAULT_MAX_POINTS = 1_000_000
 MAX_POINTS_LIMIT = 5_000_000
+# What the page's view controls show before anyone touches them.
+DEFAULT_VIEW_SETTINGS = ViewSettings(max_points=DEFAULT_MAX_POINTS)
 
 # The seconds ZeroGPU reserves a GPU for one reconstruction (VGGT-1B takes a few seconds for
 # tens of frames; the margin covers the first call, which moves the weights to the GPU).
@@ -288,251 +291,6 @@ def _sentence_case(message: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Stored reconstructions: share ids, expiry, size limit
-# ---------------------------------------------------------------------------------------------
-
-# token_urlsafe(18) gives 24 characters of [A-Za-z0-9_-] (144 random bits). Anything else is
-# rejected before it gets near the file system, which rules out path traversal.
-RECONSTRUCTION_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{22,64}")
-RECONSTRUCTION_ID_BYTES = 18
-_INCOMING_PREFIX = ".incoming-"
-_STALE_INCOMING_SECONDS = 3600
-
-
-class ReconstructionNotFoundError(LookupError):
-    """The id is malformed, unknown or expired; ``str()`` is the message for the user."""
-
-
-def is_valid_reconstruction_id(text: object) -> bool:
-    return isinstance(text, str) and RECONSTRUCTION_ID_PATTERN.fullmatch(text) is not None
-
-
-@dataclass(frozen=True)
-class StoredReconstruction:
-    id: str
-    reconstruction: Reconstruction
-    metadata: dict[str, Any]
-
-    @property
-    def created_at(self) -> float:
-        return float(self.metadata.get("created_at", 0.0))
-
-
-class ReconstructionStore:
-    """Reconstructions on disk, one folder per id: ``<root>/<id>/reconstruction.npz`` and
-    ``metadata.json``, plus the few most recently used ones in memory.
-
-    Entries expire ``ttl_seconds`` after they were created, and the oldest are deleted first
-    whenever the folder grows over ``max_bytes`` (the newest entry is always kept, so a fresh
-    share link never breaks at once). There is deliberately no way to list the entries: an id is
-    the only key, and it is the secret part of a share link.
-    """
-
-    RECONSTRUCTION_FILE = "reconstruction.npz"
-    METADATA_FILE = "metadata.json"
-
-    def __init__(self, root: str | os.PathLike, *, ttl_seconds: float, max_bytes: int,
-                 memory_cache_size: int = 4, clock: Callable[[], float] = time.time):
-        self.root = Path(root)
-        self.ttl_seconds = float(ttl_seconds)
-        self.max_bytes = int(max_bytes)
-        self.memory_cache_size = memory_cache_size
-        self.clock = clock
-        self._cache: OrderedDict[str, StoredReconstruction] = OrderedDict()
-        # Saved but not yet on disk: id -> (reconstruction, set once the write has ended).
-        self._pending: dict[str, tuple[StoredReconstruction, threading.Event]] = {}
-        self._lock = threading.RLock()
-        self.root.mkdir(parents=True, exist_ok=True)
-
-    # ---- writing
-
-    def save(self, reconstruction: Reconstruction, metadata: Mapping[str, Any] | None = None, *,
-             background: bool = False) -> str:
-        """Store a reconstruction under a new random id and return the id.
-
-        With ``background``, the (compressed, so slow: seconds for 50 frames) file is written by a
-        thread and the id is usable at once: until the file exists, :meth:`load` serves the
-        reconstruction from memory and :meth:`npz_path` waits for it.
-        """
-        recon_id = secrets.token_urlsafe(RECONSTRUCTION_ID_BYTES)
-        info = dict(metadata or {})
-        info["created_at"] = self.clock()
-        stored = StoredReconstruction(recon_id, reconstruction, info)
-        written = threading.Event()
-        with self._lock:
-            self._pending[recon_id] = (stored, written)
-            self._remember(stored)
-        if background:
-            threading.Thread(target=self._write_logging_errors, args=(stored, written),
-                             name=f"store-{recon_id[:6]}", daemon=True).start()
-        else:
-            self._write(stored, written)
-        return recon_id
-
-    def _write(self, stored: StoredReconstruction, written: threading.Event) -> None:
-        # Written under a hidden name and renamed, so no reader (or pruner) sees half an entry.
-        incoming = self.root / f"{_INCOMING_PREFIX}{stored.id}"
-        try:
-            incoming.mkdir()
-            stored.reconstruction.save(incoming / self.RECONSTRUCTION_FILE)
-            (incoming / self.METADATA_FILE).write_text(json.dumps(stored.metadata, indent=1), encoding="utf-8")
-            os.replace(incoming, self.root / stored.id)
-        except BaseException:
-            shutil.rmtree(incoming, ignore_errors=True)
-            raise
-        finally:
-            with self._lock:
-                self._pending.pop(stored.id, None)
-            written.set()
-        self.prune(keep=stored.id)
-
-    def _write_logging_errors(self, stored: StoredReconstruction, written: threading.Event) -> None:
-        try:
-            self._write(stored, written)
-        except Exception:  # a full disk, say: the scene stays viewable while it is in memory
-            logger.exception("could not store reconstruction %s", stored.id)
-
-    # ---- reading
-
-    def load(self, recon_id: str) -> StoredReconstruction:
-        """The stored reconstruction, from memory when it was used recently.
-
-        Raises:
-            ReconstructionNotFoundError: malformed, unknown or expired id.
-        """
-        if not is_valid_reconstruction_id(recon_id):
-            raise ReconstructionNotFoundError(self.not_found_message())
-        with self._lock:
-            stored = self._cache.get(recon_id)
-            if stored is None and recon_id in self._pending:
-                stored = self._pending[recon_id][0]
-        if stored is None:
-            stored = self._read(recon_id)  # outside the lock: large files take seconds
-        with self._lock:
-            if self._is_expired(stored.created_at):
-                self._delete(recon_id)
-                raise ReconstructionNotFoundError(self.not_found_message())
-            self._remember(stored)
-        return stored
-
-    def npz_path(self, recon_id: str, timeout_s: float = 300.0) -> Path:
-        """The stored ``.npz`` of an id, once it is written.
-
-        Raises:
-            ReconstructionNotFoundError: malformed, unknown or expired id, or the file could not be written.
-        """
-        if not is_valid_reconstruction_id(recon_id):
-            raise ReconstructionNotFoundError(self.not_found_message())
-        with self._lock:
-            pending = self._pending.get(recon_id)
-        if pending is not None:
-            pending[1].wait(timeout_s)
-        path = self.root / recon_id / self.RECONSTRUCTION_FILE
-        if not path.is_file():
-            raise ReconstructionNotFoundError(self.not_found_message())
-        return path
-
-    def expires_at(self, stored: StoredReconstruction) -> float:
-        return stored.created_at + self.ttl_seconds
-
-    def not_found_message(self) -> str:
-        return ("This reconstruction link is invalid or has expired (reconstructions are kept for "
-                f"{self.ttl_seconds / 3600:g} hours). Please upload the photos or video again.")
-
-    def _read(self, recon_id: str) -> StoredReconstruction:
-        folder = self.root / recon_id
-        if not (folder / self.RECONSTRUCTION_FILE).is_file():
-            raise ReconstructionNotFoundError(self.not_found_message())
-        metadata = self._read_metadata(folder)
-        try:
-            reconstruction = Reconstruction.load(folder / self.RECONSTRUCTION_FILE)
-        except InputError as error:
-            logger.warning("stored reconstruction %s is unreadable (%s); deleting it", recon_id, error)
-            self._delete(recon_id)
-            raise ReconstructionNotFoundError(self.not_found_message()) from error
-        return StoredReconstruction(recon_id, reconstruction, metadata)
-
-    def _read_metadata(self, folder: Path) -> dict[str, Any]:
-        """The entry's metadata; a missing or damaged file counts as created at time 0 (expired)."""
-        try:
-            metadata = json.loads((folder / self.METADATA_FILE).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return {"created_at": 0.0}
-        if not isinstance(metadata, dict) or not isinstance(metadata.get("created_at"), (int, float)):
-            return {"created_at": 0.0}
-        return metadata
-
-    def _remember(self, stored: StoredReconstruction) -> None:
-        self._cache[stored.id] = stored
-        self._cache.move_to_end(stored.id)
-        while len(self._cache) > self.memory_cache_size:
-            self._cache.popitem(last=False)
-
-    # ---- expiry and size
-
-    def _is_expired(self, created_at: float) -> bool:
-        return self.clock() - created_at > self.ttl_seconds
-
-    def prune(self, keep: str | None = None) -> list[str]:
-        """Delete expired entries, then the oldest ones until the total fits in ``max_bytes``.
-
-        ``keep`` (the entry just saved) is never deleted for size. Returns the deleted ids.
-        """
-        with self._lock:
-            self._remove_stale_incoming()
-            entries = []  # (created_at, id, bytes)
-            for folder in self.root.iterdir():
-                if folder.is_dir() and is_valid_reconstruction_id(folder.name):
-                    created_at = float(self._read_metadata(folder)["created_at"])
-                    entries.append((created_at, folder.name, _folder_bytes(folder)))
-            entries.sort()
-
-            removed = [recon_id for created_at, recon_id, _ in entries
-                       if recon_id != keep and self._is_expired(created_at)]
-            remaining = [entry for entry in entries if entry[1] not in removed]
-            total = sum(size for _, _, size in remaining)
-            for _, recon_id, size in remaining:
-                if total <= self.max_bytes:
-                    break
-                if recon_id != keep:
-                    removed.append(recon_id)
-                    total -= size
-            for recon_id in removed:
-                self._delete(recon_id)
-            if removed:
-                logger.info("pruned %d stored reconstruction(s); %.1f MB left", len(removed), total / 1e6)
-            return removed
-
-    def total_bytes(self) -> int:
-        return sum(_folder_bytes(folder) for folder in self.root.iterdir()
-                   if folder.is_dir() and is_valid_reconstruction_id(folder.name))
-
-    def _remove_stale_incoming(self) -> None:
-        # Left behind only by a crash in the middle of save().
-        for folder in self.root.glob(f"{_INCOMING_PREFIX}*"):
-            try:
-                if time.time() - folder.stat().st_mtime > _STALE_INCOMING_SECONDS:
-                    shutil.rmtree(folder, ignore_errors=True)
-            except OSError:
-                pass
-
-    def _delete(self, recon_id: str) -> None:
-        self._cache.pop(recon_id, None)
-        shutil.rmtree(self.root / recon_id, ignore_errors=True)
-
-
-def _folder_bytes(folder: Path) -> int:
-    total = 0
-    for path in folder.rglob("*"):
-        try:
-            if path.is_file():
-                total += path.stat().st_size
-        except OSError:  # deleted meanwhile
-            pass
-    return total
-
-
-# ---------------------------------------------------------------------------------------------
 # Rendering views, depth maps and downloads from a stored reconstruction
 # ---------------------------------------------------------------------------------------------
 
@@ -712,8 +470,86 @@ def untrained_banner_html() -> str:
             "(the default <code>facebook/VGGT-1B</code> or a local file) for real reconstructions.</div>")
 
 
-def share_link(page_url: str, recon_id: str) -> str:
-    return f"{page_url.split('?')[0].split('#')[0]}?{SHARE_QUERY_PARAMETER}={recon_id}"
+# A share link carries the view besides the id (``?r=<id>&conf=90&branch=point``), so whoever
+# opens it sees what the sender saw. Only settings that differ from the page's defaults are
+# written: the usual link stays short. Query key -> (ViewSettings field, parser).
+VIEW_QUERY_FIELDS: dict[str, tuple[str, Callable[[str], Any]]] = {
+    "conf": ("confidence_threshold", float),
+    "branch": ("branch", str),
+    "frame": ("frame_index", int),
+    "cameras": ("show_cameras", lambda text: _query_flag(text)),
+    "black": ("filter_black_background", lambda text: _query_flag(text)),
+    "white": ("filter_white_background", lambda text: _query_flag(text)),
+    "points": ("max_points", int),
+}
+
+
+def _query_flag(text: str) -> bool:
+    if text not in ("0", "1"):
+        raise ValueError(f"expected 0 or 1, got {text!r}")
+    return text == "1"
+
+
+def _query_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(int(value))
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def view_query(settings: ViewSettings) -> dict[str, str]:
+    """The link parameters of ``settings`` that differ from :data:`DEFAULT_VIEW_SETTINGS`."""
+    query = {}
+    for key, (field, _) in VIEW_QUERY_FIELDS.items():
+        value = getattr(settings, field)
+        if value != getattr(DEFAULT_VIEW_SETTINGS, field) and value is not None:
+            query[key] = _query_value(value)
+    return query
+
+
+def view_settings_from_query(query: Mapping[str, str], base: ViewSettings,
+                             num_frames: int) -> tuple[ViewSettings, list[str]]:
+    """``base`` with the view parameters of a share link applied, and the keys that were
+    ignored because their values are invalid (a hand-edited link still opens the scene)."""
+    changes: dict[str, Any] = {}
+    ignored = []
+    for key, (field, parse) in VIEW_QUERY_FIELDS.items():
+        if key not in query:
+            continue
+        try:
+            value = parse(query[key])
+            dataclasses.replace(base, **{field: value})  # ViewSettings validates itself
+            if field == "frame_index" and not value < num_frames:
+                raise ValueError("no such frame")
+            if field == "max_points" and not value <= MAX_POINTS_LIMIT:
+                raise ValueError("too many points")
+        except (ValueError, InputError):
+            ignored.append(key)
+            continue
+        changes[field] = value
+    return dataclasses.replace(base, **changes), ignored
+
+
+def share_link(page_url: str, recon_id: str, settings: ViewSettings | None = None) -> str:
+    query = {SHARE_QUERY_PARAMETER: recon_id, **(view_query(settings) if settings is not None else {})}
+    return f"{page_url.split('?')[0].split('#')[0]}?{urlencode(query)}"
+
+
+def share_link_query(text: str | None) -> dict[str, str]:
+    """The query parameters of a pasted share link (none for a bare id)."""
+    text = (text or "").strip()
+    if "?" not in text:
+        return {}
+    return {key: values[0] for key, values in parse_qs(urlsplit(text).query).items()}
+
+
+def controls_from_view_settings(settings: ViewSettings, recon: Reconstruction) -> list[Any]:
+    """The values of the view controls that show ``settings``, in :data:`VIEW_CONTROL_NAMES` order."""
+    frame = (ALL_FRAMES_CHOICE if settings.frame_index is None
+             else frame_label(settings.frame_index, recon.frame_names[settings.frame_index]))
+    return [settings.confidence_threshold, settings.branch, frame, settings.show_cameras,
+            settings.filter_black_background, settings.filter_white_background, settings.max_points]
 
 
 def page_url_from_request(request: gr.Request | None, public_url: str | None) -> str:
@@ -857,22 +693,32 @@ class ReconstructionService:
         """``controls``: the values of the view controls, in the order of :data:`VIEW_CONTROL_NAMES`."""
         return view_settings_from_controls(*controls, num_frames=stored.reconstruction.num_frames)
 
-    def scene_outputs(self, recon_id: str, controls: Sequence[Any], page_url: str) -> tuple:
-        """Every output of the page for a stored reconstruction (viewed with all frames)."""
+    def scene_outputs(self, recon_id: str, base: ViewSettings, page_url: str,
+                      link_query: Mapping[str, str] | None = None) -> tuple:
+        """Every output of the page (see ``scene_outputs`` in :func:`build_app`) for a stored
+        reconstruction, viewed with ``base`` for all frames, overridden by a share link's
+        view parameters ``link_query``."""
         stored = self.store.load(recon_id)
-        controls = list(controls)
-        controls[VIEW_CONTROL_NAMES.index("frame")] = ALL_FRAMES_CHOICE
-        view = self.renderer.view(stored, self.view_settings(stored, controls))
+        recon = stored.reconstruction
+        base = dataclasses.replace(base, frame_index=None)
+        settings, ignored = view_settings_from_query(link_query or {}, base, recon.num_frames)
+        if ignored:
+            gr.Warning(user_message(f"The link's view settings {', '.join(ignored)} are not valid; "
+                                    "showing the defaults for those."))
+        view = self.renderer.view(stored, settings)
+        confidence, branch, frame, show_cameras, black, white, max_points = controls_from_view_settings(settings, recon)
         return (str(view.glb_path), summary_markdown(stored, view), self.renderer.depth_gallery(stored),
-                gr.Dropdown(choices=frame_choices(stored.reconstruction), value=ALL_FRAMES_CHOICE),
-                stored.id, gr.Textbox(value=share_link(page_url, stored.id), info=self.expiry_note(stored)),
-                None)  # clears the downloads of the previous reconstruction
+                gr.Dropdown(choices=frame_choices(recon), value=frame), stored.id,
+                gr.Textbox(value=share_link(page_url, stored.id, settings), info=self.expiry_note(stored)),
+                None,  # clears the downloads of the previous reconstruction
+                confidence, branch, show_cameras, black, white, max_points)
 
-    def view_outputs(self, recon_id: str, controls: Sequence[Any]) -> tuple[str, str]:
-        """The viewer's GLB and the summary after a view control changed."""
+    def view_outputs(self, recon_id: str, controls: Sequence[Any], page_url: str) -> tuple[str, str, str]:
+        """The viewer's GLB, the summary and the share link after a view control changed."""
         stored = self.store.load(recon_id)
-        view = self.renderer.view(stored, self.view_settings(stored, controls))
-        return str(view.glb_path), summary_markdown(stored, view)
+        settings = self.view_settings(stored, controls)
+        view = self.renderer.view(stored, settings)
+        return str(view.glb_path), summary_markdown(stored, view), share_link(page_url, stored.id, settings)
 
     def downloads(self, recon_id: str, controls: Sequence[Any]) -> list[str]:
         stored = self.store.load(recon_id)
@@ -932,7 +778,7 @@ def build_app(settings: AppSettings) -> gr.Blocks:
     atexit.register(shutil.rmtree, render_root, ignore_errors=True)
     service = ReconstructionService(settings, store, ViewRenderer(render_root),
                                     ModelProvider(settings.checkpoint, settings.device))
-    defaults = ViewSettings(max_points=DEFAULT_MAX_POINTS)
+    defaults = DEFAULT_VIEW_SETTINGS
 
     # Gradio keeps its own copy of every file it serves; delete those after an hour.
     with gr.Blocks(title="VGGT Reconstruct", delete_cache=(900, 3600)) as demo:
@@ -998,7 +844,11 @@ def build_app(settings: AppSettings) -> gr.Blocks:
         # In the order of VIEW_CONTROL_NAMES.
         view_controls = [confidence_slider, branch_radio, frame_dropdown, cameras_checkbox, black_checkbox,
                          white_checkbox, max_points_slider]
-        scene_outputs = [viewer, summary, depth_gallery, frame_dropdown, recon_id_box, share_box, downloads]
+        # Everything a newly shown reconstruction sets; the view controls come last because a
+        # share link may carry their values.
+        scene_outputs = [viewer, summary, depth_gallery, frame_dropdown, recon_id_box, share_box, downloads,
+                         confidence_slider, branch_radio, cameras_checkbox, black_checkbox, white_checkbox,
+                         max_points_slider]
 
         def page_url(request: gr.Request | None) -> str:
             return page_url_from_request(request, settings.public_url)
@@ -1012,18 +862,20 @@ def build_app(settings: AppSettings) -> gr.Blocks:
         @show_user_errors
         def reconstruct(files, fps, confidence, branch, frame, show_cameras, filter_black, filter_white,
                         max_points, request: gr.Request, progress=gr.Progress()):
-            controls = [confidence, branch, ALL_FRAMES_CHOICE, show_cameras, filter_black, filter_white, max_points]
-            view_settings_from_controls(*controls, num_frames=1)  # refuse bad controls before a model run
+            # Checked before the model runs, so bad controls cost no GPU time.
+            view = view_settings_from_controls(confidence, branch, ALL_FRAMES_CHOICE, show_cameras, filter_black,
+                                               filter_white, max_points, num_frames=1)
             new_id = service.reconstruct(files, fps, progress)
             progress(0.92, desc="Building the 3-D scene")
-            return service.scene_outputs(new_id, controls, page_url(request))
+            return service.scene_outputs(new_id, view, page_url(request))
 
         @show_user_errors
-        def update_view(recon_id, confidence, branch, frame, show_cameras, filter_black, filter_white, max_points):
+        def update_view(recon_id, confidence, branch, frame, show_cameras, filter_black, filter_white, max_points,
+                        request: gr.Request):
             if not recon_id:
-                return gr.skip(), gr.skip()  # nothing reconstructed yet
+                return gr.skip(), gr.skip(), gr.skip()  # nothing reconstructed yet
             controls = [confidence, branch, frame, show_cameras, filter_black, filter_white, max_points]
-            return service.view_outputs(recon_id, controls)
+            return service.view_outputs(recon_id, controls, page_url(request))
 
         @show_user_errors
         def prepare_downloads(recon_id, confidence, branch, frame, show_cameras, filter_black, filter_white,
@@ -1036,18 +888,20 @@ def build_app(settings: AppSettings) -> gr.Blocks:
         @show_user_errors
         def open_shared(link_or_id, confidence, branch, frame, show_cameras, filter_black, filter_white,
                         max_points, request: gr.Request):
-            controls = [confidence, branch, frame, show_cameras, filter_black, filter_white, max_points]
-            return service.scene_outputs(reconstruction_id_from_text(link_or_id), controls, page_url(request))
+            # The current controls, unless the pasted link carries a view of its own.
+            view = view_settings_from_controls(confidence, branch, ALL_FRAMES_CHOICE, show_cameras, filter_black,
+                                               filter_white, max_points, num_frames=1)
+            return service.scene_outputs(reconstruction_id_from_text(link_or_id), view, page_url(request),
+                                         share_link_query(link_or_id))
 
-        def open_from_page_url(confidence, branch, frame, show_cameras, filter_black, filter_white, max_points,
-                               request: gr.Request):
-            """On page load: show the reconstruction named by ``?r=<id>``, if any."""
-            requested = dict(getattr(request, "query_params", {}) or {}).get(SHARE_QUERY_PARAMETER)
+        def open_from_page_url(request: gr.Request):
+            """On page load: show the reconstruction named by ``?r=<id>``, with the link's view."""
+            query = {key: str(value) for key, value in dict(getattr(request, "query_params", {}) or {}).items()}
+            requested = query.get(SHARE_QUERY_PARAMETER)
             if not requested:
                 return tuple(gr.skip() for _ in scene_outputs)
-            controls = [confidence, branch, frame, show_cameras, filter_black, filter_white, max_points]
             try:
-                return service.scene_outputs(requested, controls, page_url(request))
+                return service.scene_outputs(requested, DEFAULT_VIEW_SETTINGS, page_url(request), query)
             except ReconstructionNotFoundError as error:
                 message = str(error)
             except Exception:
@@ -1067,7 +921,7 @@ def build_app(settings: AppSettings) -> gr.Blocks:
                                  scroll_to_output=True)
         for control in view_controls:
             # always_last: while a slider is dragged only the final position is rendered.
-            control.change(update_view, [recon_id_box, *view_controls], [viewer, summary],
+            control.change(update_view, [recon_id_box, *view_controls], [viewer, summary, share_box],
                            api_name="update_view" if control is confidence_slider else None,
                            api_visibility="public" if control is confidence_slider else "private",
                            trigger_mode="always_last", show_progress="minimal", concurrency_limit=4)
@@ -1075,7 +929,7 @@ def build_app(settings: AppSettings) -> gr.Blocks:
                                api_name="export", concurrency_limit=2)
         open_button.click(open_shared, [shared_link_input, *view_controls], scene_outputs,
                           api_name="open_shared", concurrency_limit=4)
-        demo.load(open_from_page_url, view_controls, scene_outputs, api_visibility="private",
+        demo.load(open_from_page_url, None, scene_outputs, api_visibility="private",
                   show_progress="minimal")
     return demo
 

@@ -26,6 +26,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 import app  # noqa: E402
 from vggt_core.reconstruction import reconstruction_from_synthetic_scene  # noqa: E402
+from vggt_core.store import ReconstructionStore  # noqa: E402
 from vggt_core.synthetic import render_scene  # noqa: E402
 
 SCREENSHOT_DIR = Path(__file__).resolve().parent / "screenshots"
@@ -44,7 +45,7 @@ def free_port() -> int:
 def store_ground_truth(storage_dir: Path, scene_name: str, num_views: int) -> str:
     """Save the exact reconstruction of a synthetic scene in the app's store; return its id."""
     scene = render_scene(scene_name, num_views=num_views, width=518, height=392, seed=0)
-    store = app.ReconstructionStore(storage_dir, ttl_seconds=3600, max_bytes=10**10)
+    store = ReconstructionStore(storage_dir, ttl_seconds=3600, max_bytes=10**10)
     # No "seconds": the summary then shows no reconstruction time, as none was measured.
     return store.save(reconstruction_from_synthetic_scene(scene), {"inputs": f"synthetic {scene_name}"})
 

@@ -1,4 +1,5 @@
-"""Shared test fixtures: the tiny golden model and its reference data."""
+"""Shared test fixtures: the tiny golden model and its reference data, and a small
+ground-truth reconstruction."""
 
 from __future__ import annotations
 
@@ -47,3 +48,12 @@ def tiny_model(tiny_config, tiny_state_dict):
     model = VGGT(tiny_config)
     model.load_state_dict(tiny_state_dict, strict=True)
     return model.eval()
+
+
+@pytest.fixture(scope="session")
+def small_reconstruction():
+    """The exact reconstruction of two 56x42 views of the synthetic table (no model involved)."""
+    from vggt_core.reconstruction import reconstruction_from_synthetic_scene
+    from vggt_core.synthetic import render_scene
+
+    return reconstruction_from_synthetic_scene(render_scene("table", num_views=2, width=56, height=42))

@@ -23,7 +23,8 @@ from gradio_client.exceptions import AppError
 
 import app
 from app_fixtures import TEST_MAX_FRAMES, running_app, synthetic_photos  # noqa: F401 (fixtures)
-from vggt_core.reconstruction import Reconstruction, reconstruction_from_synthetic_scene
+from vggt_core.reconstruction import Reconstruction
+from vggt_core.store import is_valid_reconstruction_id
 from vggt_core.synthetic import render_scene
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -114,7 +115,7 @@ def test_reconstruct_returns_scene_depth_maps_and_share_link(reconstructed, runn
         "0: view_0.png", "1: view_1.png", "2: view_2.png"]
 
     recon_id = reconstructed["id"]
-    assert app.is_valid_reconstruction_id(recon_id)
+    assert is_valid_reconstruction_id(recon_id)
     assert reconstructed["share"]["value"] == f"{running_app.url.rstrip('/')}/?r={recon_id}"
     # The file is written in the background after the page got its answer.
     stored = Path(running_app.settings.storage_dir) / recon_id
@@ -125,21 +126,22 @@ def test_reconstruct_returns_scene_depth_maps_and_share_link(reconstructed, runn
 
 
 def test_raising_the_confidence_threshold_shows_fewer_points(client, reconstructed):
-    glb_path, summary = client.predict(reconstructed["id"], *view_with(90), api_name="/update_view")
+    glb_path, summary, link = client.predict(reconstructed["id"], *view_with(90), api_name="/update_view")
     assert points_shown(summary) < points_shown(reconstructed["summary"])
     scene = trimesh.load(glb_path, file_type="glb", force="scene")
     assert len(scene.geometry["points"].vertices) == points_shown(summary)
+    assert link == reconstructed["share"]["value"] + "&conf=90"  # the link follows the view
 
 
 def test_view_options_change_the_scene_without_rerunning(client, reconstructed):
     one_frame = [50, "depth", "1: view_1.png", False, False, False, app.DEFAULT_MAX_POINTS]
-    glb_path, summary = client.predict(reconstructed["id"], *one_frame, api_name="/update_view")
+    glb_path, summary, _ = client.predict(reconstructed["id"], *one_frame, api_name="/update_view")
     scene = trimesh.load(glb_path, file_type="glb", force="scene")
     assert not [name for name in scene.geometry if name.startswith("camera_")]  # cameras hidden
     assert 0 < points_shown(summary) < points_shown(reconstructed["summary"])
 
     capped = [0, "point", "All", True, False, False, 20_000]
-    _, summary = client.predict(reconstructed["id"], *capped, api_name="/update_view")
+    _, summary, _ = client.predict(reconstructed["id"], *capped, api_name="/update_view")
     assert points_shown(summary) == 20_000
     assert "point map branch" in summary
 
@@ -183,6 +185,30 @@ def test_share_link_reopens_the_same_scene_in_a_new_session(running_app, reconst
         assert len(gallery) == 9 and frames == reconstructed["frames"]
         scene = trimesh.load(glb_path, file_type="glb", force="scene")
         assert len(scene.geometry["points"].vertices) == points_shown(summary)
+
+
+def test_a_share_link_carries_the_view_it_was_copied_from(client, running_app, reconstructed):  # noqa: F811
+    view = [0, "point", "1: view_1.png", False, False, False, 20_000]
+    _, summary, link = client.predict(reconstructed["id"], *view, api_name="/update_view")
+    assert link == reconstructed["share"]["value"] + "&conf=0&branch=point&frame=1&cameras=0&points=20000"
+
+    # Someone else opens it with the page's defaults in their controls: the link's view wins.
+    outputs = Client(running_app.url, verbose=False).predict(link, *DEFAULT_VIEW, api_name="/open_shared")
+    glb_path, opened_summary, _, frames, recon_id, share = outputs[:6]
+    assert recon_id == reconstructed["id"] and share["value"] == link
+    assert opened_summary == summary and frames["value"] == "1: view_1.png"
+    assert outputs[7:] == (0, "point", False, False, False, 20_000)  # the other controls
+    scene = trimesh.load(glb_path, file_type="glb", force="scene")
+    assert not [name for name in scene.geometry if name.startswith("camera_")]
+
+
+def test_invalid_view_settings_in_a_link_fall_back_to_defaults(client, reconstructed):
+    link = reconstructed["share"]["value"] + "&conf=250&branch=magic&frame=7&cameras=yes&points=12345"
+    outputs = client.predict(link, *DEFAULT_VIEW, api_name="/open_shared")
+    # The scene opens with the defaults in place of the invalid settings; the valid one applies.
+    assert points_shown(outputs[1]) == 12_345 and "depth branch" in outputs[1]
+    assert outputs[3]["value"] == "All" and outputs[7:] == (50, "depth", True, False, False, 12_345)
+    assert outputs[5]["value"] == reconstructed["share"]["value"] + "&points=12345"
 
 
 @pytest.mark.parametrize("bad_id", ["../etc", "../../etc/passwd", "abc", "x" * 200,
@@ -248,6 +274,16 @@ def test_too_many_photos_are_refused_with_the_limit(client, synthetic_photos, tm
     assert f"{TEST_MAX_FRAMES + 1} photos were given" in message and f"at most {TEST_MAX_FRAMES}" in message
 
 
+def test_frames_that_do_not_fit_in_memory_say_how_many_would(client, synthetic_photos, monkeypatch):  # noqa: F811
+    import vggt_core.pipeline
+
+    # The server runs in this process: pretend the device has almost no memory left.
+    monkeypatch.setattr(vggt_core.pipeline, "available_memory_bytes", lambda device: 60 * 2 ** 20)
+    message = reconstruct_error(client, synthetic_photos)
+    assert re.search(r"3 frames at \d+x\d+ do not fit in the memory .*About \d+ frames would fit", message), message
+    assert "fewer photos" in message
+
+
 def test_reconstruct_without_files_asks_for_some(client):
     with pytest.raises(AppError, match="Add some photos or a video"):
         client.predict([], 1.0, *DEFAULT_VIEW, api_name="/reconstruct")
@@ -283,91 +319,8 @@ def test_user_file_names_in_messages_are_not_html():
 
 
 # ---------------------------------------------------------------------------------------------
-# Storage: ids, expiry, size limit
+# Rendering views and pruning at start-up
 # ---------------------------------------------------------------------------------------------
-
-
-class FakeClock:
-    def __init__(self, now: float = 1_000_000.0):
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture(scope="module")
-def small_reconstruction() -> Reconstruction:
-    return reconstruction_from_synthetic_scene(render_scene("table", num_views=2, width=56, height=42))
-
-
-def test_store_round_trip_and_unguessable_ids(tmp_path, small_reconstruction):
-    store = app.ReconstructionStore(tmp_path, ttl_seconds=3600, max_bytes=10**9)
-    ids = {store.save(small_reconstruction, {"seconds": 1.5}) for _ in range(3)}
-    assert len(ids) == 3 and all(len(i) >= 22 and app.is_valid_reconstruction_id(i) for i in ids)
-    recon_id = ids.pop()
-    fresh_store = app.ReconstructionStore(tmp_path, ttl_seconds=3600, max_bytes=10**9)  # nothing cached
-    stored = fresh_store.load(recon_id)
-    np.testing.assert_array_equal(stored.reconstruction.depth, small_reconstruction.depth)
-    assert stored.metadata["seconds"] == 1.5
-
-
-def test_store_rejects_paths_before_touching_the_file_system(tmp_path, small_reconstruction):
-    root = tmp_path / "store"
-    store = app.ReconstructionStore(root, ttl_seconds=3600, max_bytes=10**9)
-    # A valid reconstruction outside the store must stay unreachable.
-    outside = tmp_path / "secret"
-    outside.mkdir()
-    small_reconstruction.save(outside / "reconstruction.npz")
-    for bad in ("../secret", "..", "/etc", "secret/../secret", "a" * 21, "a" * 65, "ab cd" * 6, None, 42):
-        with pytest.raises(app.ReconstructionNotFoundError, match="invalid or has expired"):
-            store.load(bad)
-
-
-def test_store_expires_entries_by_age(tmp_path, small_reconstruction):
-    clock = FakeClock()
-    store = app.ReconstructionStore(tmp_path, ttl_seconds=3600, max_bytes=10**9, clock=clock)
-    old_id = store.save(small_reconstruction)
-    clock.now += 1800
-    young_id = store.save(small_reconstruction)
-    clock.now += 1801  # the first is now 3601 s old, the second 1801 s
-
-    with pytest.raises(app.ReconstructionNotFoundError):
-        store.load(old_id)  # refused even though it is still in the memory cache
-    assert not (tmp_path / old_id).exists()
-    assert store.load(young_id).id == young_id
-
-    clock.now += 3600
-    assert store.prune() == [young_id]
-    assert not (tmp_path / young_id).exists()
-
-
-def test_store_prunes_the_oldest_entries_over_the_size_limit(tmp_path, small_reconstruction):
-    clock = FakeClock()
-    store = app.ReconstructionStore(tmp_path, ttl_seconds=10**6, max_bytes=10**12, clock=clock)
-    ids = []
-    for _ in range(4):
-        ids.append(store.save(small_reconstruction))
-        clock.now += 10
-    entry_bytes = store.total_bytes() // 4
-
-    store.max_bytes = int(2.5 * entry_bytes)  # room for two entries
-    assert store.prune() == ids[:2]  # oldest first
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(ids[2:])
-
-    store.max_bytes = 1  # even the newest does not fit, but the one being saved is kept
-    newest = store.save(small_reconstruction)
-    assert [p.name for p in tmp_path.iterdir()] == [newest]
-
-
-def test_store_saving_in_the_background_is_usable_at_once(tmp_path, small_reconstruction):
-    store = app.ReconstructionStore(tmp_path, ttl_seconds=3600, max_bytes=10**9, memory_cache_size=1)
-    recon_id = store.save(small_reconstruction, background=True)
-    store.save(small_reconstruction)  # pushes the first out of the one-entry memory cache
-    assert store.load(recon_id).reconstruction is not None
-    path = store.npz_path(recon_id)  # waits for the writer thread
-    assert path == tmp_path / recon_id / "reconstruction.npz" and path.is_file()
-    np.testing.assert_array_equal(Reconstruction.load(path).depth, small_reconstruction.depth)
-    assert not list(tmp_path.glob(".incoming-*"))
 
 
 def test_renderer_reuses_views_and_bounds_the_files_it_keeps(tmp_path, small_reconstruction):
@@ -384,8 +337,7 @@ def test_renderer_reuses_views_and_bounds_the_files_it_keeps(tmp_path, small_rec
 
 
 def test_pruning_runs_when_the_app_starts(tmp_path, small_reconstruction):
-    clock = FakeClock(now=0.0)
-    old_id = app.ReconstructionStore(tmp_path, ttl_seconds=1, max_bytes=10**9, clock=clock).save(
+    old_id = app.ReconstructionStore(tmp_path, ttl_seconds=1, max_bytes=10**9, clock=lambda: 0.0).save(
         small_reconstruction)
     app.build_app(app.AppSettings(checkpoint=app.RANDOM_TINY_CHECKPOINT, storage_dir=tmp_path,
                                   storage_ttl_hours=1.0))
@@ -447,6 +399,21 @@ def test_bad_settings_are_refused_with_a_message(environ, flag, capsys):
     with pytest.raises(SystemExit):
         app.parse_settings([], environ)
     assert f"error: argument {flag}:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("settings", [
+    app.DEFAULT_VIEW_SETTINGS,
+    app.ViewSettings(confidence_threshold=12.5, branch="point", frame_index=0, show_cameras=False,
+                     filter_black_background=True, filter_white_background=True, max_points=30_000),
+])
+def test_view_settings_survive_a_share_link(settings):
+    from urllib.parse import parse_qsl, urlsplit
+
+    link = app.share_link("https://example.org/vggt/?old=1#top", "A" * 24, settings)
+    query = dict(parse_qsl(urlsplit(link).query))
+    assert link.startswith("https://example.org/vggt/?r=" + "A" * 24)
+    restored, ignored = app.view_settings_from_query(query, app.DEFAULT_VIEW_SETTINGS, num_frames=2)
+    assert restored == settings and ignored == []
 
 
 def test_share_link_helpers():

@@ -111,16 +111,21 @@ def test_reconstruct_change_view_and_open_share_link(browser, running_app, synth
     assert points_at_90 < points_at_default
     page.screenshot(path=SCREENSHOTS / "4-confidence-90.png", full_page=True)
 
-    link = page.locator("#share-link textarea, #share-link input").first.input_value()
-    assert re.fullmatch(re.escape(running_app.url.rstrip("/")) + r"/\?r=[A-Za-z0-9_-]{22,}", link), link
+    # The share link follows the view, so the recipient sees what the sender sees.
+    share_box = page.locator("#share-link textarea, #share-link input").first
+    page.wait_for_function("(box) => box.value.endsWith('&conf=90')", arg=share_box.element_handle(),
+                           timeout=UPDATE_TIMEOUT_MS)
+    link = share_box.input_value()
+    assert re.fullmatch(re.escape(running_app.url.rstrip("/")) + r"/\?r=[A-Za-z0-9_-]{22,}&conf=90", link), link
 
     # Someone else opens the link: a new context shares no cookies, storage or session.
     other_context = browser.new_context(viewport={"width": 1400, "height": 1100})
     other_page = other_context.new_page()
     other_page.goto(link)
-    assert wait_for_points_shown(other_page) == points_at_default
-    assert wait_for_rendered_scene(other_page) > 0.02  # default view of the same scene
-    assert summary_text(other_page).splitlines()[0] == summary_text(page).splitlines()[0]
+    assert wait_for_points_shown(other_page) == points_at_90
+    assert wait_for_rendered_scene(other_page) > 0.02
+    assert summary_text(other_page) == summary_text(page)
+    assert other_page.locator("#confidence-slider input[type=number]").input_value() == "90"
     assert other_page.locator("#share-link textarea, #share-link input").first.input_value() == link
     other_page.screenshot(path=SCREENSHOTS / "5-shared-link.png", full_page=True)
 

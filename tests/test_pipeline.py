@@ -83,3 +83,82 @@ def test_reconstruct_frames_records_names_sizes_and_progress(scene_folder):
     assert recon.original_sizes.tolist() == [[112, 84]] * 4
     assert seen[0] == 0.0 and seen[-1] == pytest.approx(1.0) and seen == sorted(seen)
     assert np.isfinite(recon.points_from_depth).all()
+
+
+def test_frames_that_do_not_fit_in_memory_are_refused_before_running(scene_folder, monkeypatch):
+    import vggt_core.pipeline as pipeline
+
+    torch.manual_seed(0)
+    model = VGGT(tiny_config()).eval()
+    frames = gather_input_frames([scene_folder])
+    ran = []
+    monkeypatch.setattr(pipeline, "reconstruct", lambda *args, **kwargs: ran.append(1))
+    # The tiny model needs about 190 MB for these 4 frames at 518x392 in float32.
+    monkeypatch.setattr(pipeline, "available_memory_bytes", lambda device: 100 * 2 ** 20)
+    with pytest.raises(FrameLimitError, match=r"4 frames at 518x392 do not fit in the memory .*About [12] frames"):
+        reconstruct_frames(model, frames)
+    assert ran == []
+
+
+def test_the_fitting_frame_count_in_the_message_does_fit(scene_folder, monkeypatch):
+    import re
+
+    import vggt_core.pipeline as pipeline
+    from vggt_core.memory import estimate_peak_memory_bytes
+
+    torch.manual_seed(0)
+    model = VGGT(tiny_config()).eval()
+    frames = gather_input_frames([scene_folder])
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    free = 300 * 2 ** 20
+    monkeypatch.setattr(pipeline, "available_memory_bytes", lambda device: free)
+    with pytest.raises(FrameLimitError) as raised:
+        reconstruct_frames(model, frames * 64)
+    fitting = int(re.search(r"About (\d+) frames would fit", str(raised.value)).group(1))
+    height, width = 392, 518
+    assert 4 <= fitting < 256
+    assert estimate_peak_memory_bytes(model.config, fitting, height, width, activation_bytes=4) <= free + weights
+    assert estimate_peak_memory_bytes(model.config, fitting + 1, height, width, activation_bytes=4) > free + weights
+
+
+@pytest.mark.parametrize("error", [
+    torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+    RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory"),
+])
+def test_running_out_of_memory_becomes_a_frame_limit_message(scene_folder, monkeypatch, error):
+    import vggt_core.pipeline as pipeline
+
+    torch.manual_seed(0)
+    model = VGGT(tiny_config()).eval()
+
+    def out_of_memory(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(pipeline, "reconstruct", out_of_memory)
+    with pytest.raises(FrameLimitError, match=r"4 frames at .* do not fit .*About \d+ frames would fit") as raised:
+        reconstruct_frames(model, gather_input_frames([scene_folder]))
+    assert raised.value.__cause__ is error
+
+
+def test_other_runtime_errors_are_not_mistaken_for_memory(scene_folder, monkeypatch):
+    import vggt_core.pipeline as pipeline
+
+    torch.manual_seed(0)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("shape mismatch")
+
+    monkeypatch.setattr(pipeline, "reconstruct", broken)
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        reconstruct_frames(VGGT(tiny_config()).eval(), gather_input_frames([scene_folder]))
+
+
+def test_available_memory_is_known_on_a_linux_cpu():
+    from pathlib import Path
+
+    from vggt_core.pipeline import available_memory_bytes
+
+    if not Path("/proc/meminfo").exists():
+        pytest.skip("no /proc/meminfo")
+    assert available_memory_bytes(torch.device("cpu")) > 2 ** 20
+    assert available_memory_bytes(torch.device("meta")) is None

@@ -2,7 +2,8 @@
 
 Layers, from the bottom: ``config`` and ``model`` (pure PyTorch network), ``geometry``
 (cameras and points), ``weights`` (checkpoint loading), ``images``/``video`` (input),
-``reconstruction`` (model run -> Reconstruction), ``filtering``, ``export``, ``depth_maps``.
+``reconstruction`` (model run -> Reconstruction), ``pipeline`` (files -> Reconstruction),
+``filtering``, ``export``, ``depth_maps``, ``store`` (reconstructions under share ids).
 """
 
 from . import geometry, synthetic

@@ -83,29 +83,68 @@ def gather_input_frames(inputs: Sequence[str | os.PathLike], *, fps: float = 1.0
     return frames
 
 
+def available_memory_bytes(device: torch.device) -> int | None:
+    """Bytes a forward on ``device`` may still allocate: free GPU memory on CUDA, available RAM
+    (Linux ``MemAvailable``) on the CPU; None where there is no reliable figure (MPS, other OSes)."""
+    if device.type == "cuda":
+        free_bytes, _ = torch.cuda.mem_get_info(device)
+        return int(free_bytes)
+    if device.type == "cpu":
+        try:
+            for line in Path("/proc/meminfo").read_text().splitlines():
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+        except (OSError, ValueError, IndexError):
+            return None
+    return None
+
+
+def _model_device_and_weight_bytes(model: torch.nn.Module) -> tuple[torch.device, int, int]:
+    """The model's device, its resident weight bytes, and bytes per weight."""
+    first = next(model.parameters())
+    total = sum(p.numel() * p.element_size() for p in model.parameters())
+    return first.device, total, first.element_size()
+
+
+def _activation_bytes(device: torch.device) -> int:
+    # The backbone runs under bf16/fp16 autocast on CUDA only; elsewhere it computes in float32.
+    return 2 if device.type == "cuda" else 4
+
+
 def check_frames_fit_in_memory(model: torch.nn.Module, num_frames: int, height: int, width: int,
                                frames_chunk_size: int = DEFAULT_FRAMES_CHUNK_SIZE) -> None:
-    """On CUDA, refuse a forward whose estimated peak exceeds the free memory (plus the weights,
-    which are already resident). Other devices have no reliable free-memory figure."""
-    device = next(model.parameters()).device
-    if device.type != "cuda":
+    """Refuse a forward whose estimated peak exceeds the device's available memory plus the
+    weights (already resident, but counted by the estimate). Silent where the device reports no
+    free-memory figure."""
+    device, resident_weight_bytes, bytes_per_weight = _model_device_and_weight_bytes(model)
+    free_bytes = available_memory_bytes(device)
+    if free_bytes is None:
         return
-    free_bytes, _ = torch.cuda.mem_get_info(device)
-    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    available = free_bytes + weight_bytes
+    available = free_bytes + resident_weight_bytes
     needed = estimate_peak_memory_bytes(model.config, num_frames, height, width,
-                                        frames_chunk_size=frames_chunk_size, weight_bytes=next(
-                                            model.parameters()).element_size())
+                                        frames_chunk_size=frames_chunk_size,
+                                        activation_bytes=_activation_bytes(device),
+                                        weight_bytes=bytes_per_weight)
     if needed > available:
         raise FrameLimitError(_too_many_frames_message(model, num_frames, height, width, available))
 
 
 def _too_many_frames_message(model, num_frames: int, height: int, width: int, available_bytes: int) -> str:
+    device, _, bytes_per_weight = _model_device_and_weight_bytes(model)
     fitting = max_frames_for_memory(model.config, height, width, available_bytes,
-                                    weight_bytes=next(model.parameters()).element_size())
-    return (f"{num_frames} frames at {width}x{height} do not fit in the GPU memory "
+                                    activation_bytes=_activation_bytes(device), weight_bytes=bytes_per_weight)
+    where = "GPU memory" if device.type in ("cuda", "mps") else "memory"
+    return (f"{num_frames} frames at {width}x{height} do not fit in the {where} "
             f"({available_bytes / GIB:.1f} GiB available). About {fitting} frames would fit: "
             "use fewer photos, a lower video frame rate, or a smaller frame limit.")
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    """CUDA raises its own type; the CPU and MPS allocators raise RuntimeErrors with these texts."""
+    if isinstance(error, torch.cuda.OutOfMemoryError):
+        return True
+    text = str(error)
+    return isinstance(error, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text)
 
 
 def reconstruct_frames(model: torch.nn.Module, frames: Sequence[InputFrame], *, mode: str = "crop",
@@ -114,7 +153,8 @@ def reconstruct_frames(model: torch.nn.Module, frames: Sequence[InputFrame], *, 
     """Preprocess ``frames`` (``mode`` "crop" or "pad"), run the model and collect the result.
 
     Raises ``InputError`` for unusable images and ``FrameLimitError`` when the frames do not fit
-    in the GPU memory (checked before running, and on an out-of-memory error while running).
+    in the device's memory (checked before running, and on an out-of-memory error while running);
+    its message says how many frames would fit.
     """
     report = progress if progress is not None else (lambda fraction, message: None)
     if not frames:
@@ -131,9 +171,12 @@ def reconstruct_frames(model: torch.nn.Module, frames: Sequence[InputFrame], *, 
     try:
         return reconstruct(model, images, frames_chunk_size=frames_chunk_size, progress=model_progress,
                            frame_names=names, transforms=transforms)
-    except torch.cuda.OutOfMemoryError as error:
-        torch.cuda.empty_cache()
-        free_bytes, _ = torch.cuda.mem_get_info()
-        weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-        raise FrameLimitError(_too_many_frames_message(model, len(frames), height, width,
-                                                       free_bytes + weight_bytes)) from error
+    except RuntimeError as error:  # torch.cuda.OutOfMemoryError is one too
+        if not _is_out_of_memory(error):
+            raise
+        device, resident_weight_bytes, _ = _model_device_and_weight_bytes(model)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        free_bytes = available_memory_bytes(device)
+        available = resident_weight_bytes + (free_bytes or 0)
+        raise FrameLimitError(_too_many_frames_message(model, len(frames), height, width, available)) from error
