@@ -249,6 +249,15 @@ def test_a_corrupt_jpeg_is_refused_by_name(client, synthetic_photos, tmp_path): 
     assert "broken.jpg" in message and "not a readable image" in message
 
 
+def test_an_image_smaller_than_a_patch_is_refused_by_name(client, synthetic_photos, tmp_path):  # noqa: F811
+    from PIL import Image
+
+    tiny = tmp_path / "icon.png"
+    Image.new("RGB", (20, 10), "red").save(tiny)
+    message = reconstruct_error(client, [synthetic_photos[0], tiny])
+    assert "icon.png" in message and "20x10" in message and "at least 14 pixels" in message
+
+
 def test_a_video_without_frames_is_refused(client, tmp_path):
     video = tmp_path / "empty.avi"
     with av.open(str(video), "w") as container:

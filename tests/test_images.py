@@ -121,8 +121,8 @@ def test_known_shapes_in_crop_and_pad_modes(photos):
 
 
 def test_patch_rounding_ties_go_to_even(tmp_path):
-    # 5 * (518 / 74) / 14 = 2.5 exactly: Python round gives 2 (28 rows), not 3 (42 rows).
-    path = noise_image(tmp_path / "tie.png", 74, 5)
+    # 20 * (518 / 296) / 14 = 2.5 exactly: Python round gives 2 (28 rows), not 3 (42 rows).
+    path = noise_image(tmp_path / "tie.png", 296, 20)
     assert load_images([path]).shape == (1, 3, 28, 518)
 
 
@@ -155,9 +155,15 @@ def test_pil_and_array_inputs_equal_path_input(photos):
     assert [transform.name for transform in transforms] == ["image_000", "image_001"]
 
 
-def test_tiny_image_is_accepted(tmp_path):
+def test_image_smaller_than_a_patch_is_refused_by_name(tmp_path):
     path = noise_image(tmp_path / "tiny.png", 20, 10)
-    # 10 * 518 / 20 / 14 = 18.5 -> 18 patches (ties to even) -> 252 rows.
+    for mode in ("crop", "pad"):
+        expect_input_error(lambda: load_images([path], mode=mode), "tiny.png", "20x10", "at least 14 pixels")
+
+
+def test_smallest_image_holding_a_patch_is_accepted(tmp_path):
+    path = noise_image(tmp_path / "small.png", 28, 14)
+    # 14 * 518 / 28 / 14 = 18.5 -> 18 patches (ties to even) -> 252 rows.
     assert load_images([path], mode="crop").shape == (1, 3, 252, 518)
     assert load_images([path], mode="pad").shape == (1, 3, 518, 518)
 
@@ -431,19 +437,19 @@ def test_empty_input():
 
 
 def test_too_thin_image(tmp_path):
-    path = noise_image(tmp_path / "sliver.png", 600, 5)
+    path = noise_image(tmp_path / "sliver.png", 1200, 14)
     expect_input_error(lambda: load_images([path], mode="crop"), "sliver.png", "too small or too thin")
-    pole = noise_image(tmp_path / "pole.png", 5, 600)
+    pole = noise_image(tmp_path / "pole.png", 14, 1200)
     expect_input_error(lambda: load_images([pole], mode="pad"), "pole.png", "too small or too thin")
 
 
 def test_very_tall_image_rejected_in_crop_mode_only(tmp_path):
     # 40:1 would be resized to 518 x 20720 before cropping; pad mode handles it in 518 x 14.
-    needle = noise_image(tmp_path / "needle.png", 10, 400)
+    needle = noise_image(tmp_path / "needle.png", 14, 560)
     expect_input_error(lambda: load_images([needle], mode="crop"), "needle.png", "pad mode")
     assert load_images([needle], mode="pad").shape == (1, 3, 518, 518)
     # Merely tall images (here 4:1) are cropped as usual.
-    assert load_images([noise_image(tmp_path / "tall.png", 10, 40)], mode="crop").shape == (1, 3, 518, 518)
+    assert load_images([noise_image(tmp_path / "tall.png", 14, 56)], mode="crop").shape == (1, 3, 518, 518)
 
 
 def test_error_names_the_failing_file_in_a_batch(tmp_path, photos):

@@ -346,6 +346,12 @@ def _preprocess_one(
     original_width, original_height = image.size
     if original_width == 0 or original_height == 0:
         raise InputError(f"{name}: image is empty ({original_width}x{original_height} pixels)")
+    if original_width < PATCH_SIZE or original_height < PATCH_SIZE:
+        # Upsampling a few pixels to 518 would only invent detail: the model would see a blur.
+        raise InputError(
+            f"{name}: image is too small ({original_width}x{original_height} pixels); it must be at "
+            f"least {PATCH_SIZE} pixels on each side to hold one {PATCH_SIZE}-pixel patch"
+        )
     new_width, new_height = resized_size(original_width, original_height, mode, target_size)
     if new_width == 0 or new_height == 0:
         raise InputError(
@@ -427,6 +433,10 @@ def load_images(
 
     Returns a float32 tensor [S, 3, H, W] in [0, 1]; with ``return_transforms`` also one
     :class:`FrameTransform` per frame, in the same order.
+
+    Raises :class:`InputError` naming the file for an unreadable or non-image file, an image
+    smaller than one patch (14 pixels) on either side, or one so thin that resizing leaves no
+    patch row; and for empty input.
     """
     _check_mode(mode)
     _check_target_size(target_size)
