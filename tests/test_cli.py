@@ -46,7 +46,7 @@ def test_help_documents_every_flag():
     result = run_cli("reconstruct", "--help")
     assert result.returncode == 0
     for flag in ("--out", "--checkpoint", "--mode", "--fps", "--max-frames", "--export", "--conf", "--config",
-                 "--device", "--branch", "--frames-chunk-size"):
+                 "--device", "--branch", "--frames-chunk-size", "--colmap-format"):
         assert flag in result.stdout
 
 
@@ -90,6 +90,20 @@ def test_video_input_and_format_subset(tmp_path, checkpoint):
     assert sorted(p.name for p in out.iterdir()) == ["reconstruction.npz"]
     recon = Reconstruction.load(out / "reconstruction.npz")
     assert recon.num_frames == 3 and recon.image_size_hw == (518, 518)
+
+
+def test_colmap_text_format(tmp_path, checkpoint, photos):
+    import pycolmap
+
+    out = tmp_path / "out"
+    result = run_cli("reconstruct", str(photos), "--out", str(out), "--checkpoint", str(checkpoint),
+                     "--export", "colmap", "--colmap-format", "txt", "--conf", "0", "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    model_dir = out / "colmap" / "sparse" / "0"
+    assert {"cameras.txt", "images.txt", "points3D.txt"} <= {p.name for p in model_dir.iterdir()}
+    assert not list(model_dir.glob("*.bin"))
+    model = pycolmap.Reconstruction(str(model_dir))
+    assert model.num_images() == 4 and model.num_points3D() > 0
 
 
 def test_user_errors_are_one_line_messages_not_tracebacks(tmp_path, checkpoint, photos):

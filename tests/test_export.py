@@ -318,6 +318,26 @@ def test_colmap_at_model_resolution_and_default_cap(tmp_path, recon):
     assert model.num_points3D() == 500
 
 
+@pytest.mark.parametrize("binary", [True, False])
+def test_colmap_writes_valid_cameras_for_degenerate_predictions(tmp_path, recon, binary, caplog):
+    """An untrained model can predict a zero field of view (infinite focal length), which
+    COLMAP refuses to read; that camera gets the narrowest field of view and a warning."""
+    from vggt_core.export.colmap import MIN_FIELD_OF_VIEW_RAD
+
+    intrinsics = recon.intrinsics.copy()
+    intrinsics[1, 1, 1] = np.inf
+    intrinsics[2, 0, 0] = -5.0
+    broken = dataclasses.replace(recon, intrinsics=intrinsics)
+    directory = export_colmap(broken, tmp_path / "model", ViewSettings(confidence_threshold=0),
+                              binary=binary, original_resolution=False)
+    model = pycolmap.Reconstruction(str(directory))  # the text reader checks every camera
+    narrowest = 0.5 / np.tan(MIN_FIELD_OF_VIEW_RAD / 2)
+    np.testing.assert_allclose(model.camera(2).params[:2], [recon.intrinsics[1, 0, 0], HEIGHT * narrowest])
+    np.testing.assert_allclose(model.camera(3).params[:2], [WIDTH * narrowest, recon.intrinsics[2, 1, 1]])
+    np.testing.assert_allclose(model.camera(1).params, recon.intrinsics[0][[0, 1, 0, 1], [0, 1, 2, 2]], rtol=1e-6)
+    assert "room_001" in caplog.text and "room_002" in caplog.text and "invalid focal length" in caplog.text
+
+
 # --------------------------------------------------------------------------------------------
 # Everything at once
 # --------------------------------------------------------------------------------------------

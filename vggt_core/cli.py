@@ -9,11 +9,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from .config import DEFAULT_FRAMES_CHUNK_SIZE, VGGTConfig
+from .config import DEFAULT_FRAMES_CHUNK_SIZE, EXPORT_FORMATS, VGGTConfig
 from .errors import InputError, WeightsUnavailableError
 from .weights import DEFAULT_CHECKPOINT
-
-EXPORT_FORMATS = ("glb", "ply", "colmap", "npz")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="most frames to reconstruct; videos are thinned evenly to fit (default: no limit)")
     run.add_argument("--export", default="glb,ply,colmap,npz",
                      help=f"comma-separated formats from {','.join(EXPORT_FORMATS)} (default: all)")
+    run.add_argument("--colmap-format", choices=("bin", "txt"), default="bin",
+                     help="COLMAP model as binary .bin files or text .txt files (default: bin)")
     run.add_argument("--conf", type=float, default=50.0,
                      help="confidence threshold as a percentile 0-100 for the exported points (default: 50)")
     run.add_argument("--branch", choices=("depth", "point"), default="depth",
@@ -86,7 +86,8 @@ def run_reconstruct(args: argparse.Namespace) -> int:
         recon = reconstruct_frames(model, frames, mode=args.mode, frames_chunk_size=args.frames_chunk_size,
                                    progress=model_progress)
         progress(0.9, "writing exports")
-        written = export_all(recon, args.out, formats=formats, settings=settings)
+        written = export_all(recon, args.out, formats=formats, settings=settings,
+                             colmap_binary=args.colmap_format == "bin")
         progress(1.0, "done")
 
     height, width = recon.image_size_hw

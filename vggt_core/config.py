@@ -28,6 +28,10 @@ DPT_HEAD_HIDDEN = 32  # width of the dense heads' output_conv2 hidden layer
 DPT_POS_EMBED_RATIO = 0.1
 DEFAULT_FRAMES_CHUNK_SIZE = 8
 
+# What a reconstruction can be written as (vggt_core.export); here so that the CLI can list
+# them without importing the exporters.
+EXPORT_FORMATS = ("glb", "ply", "colmap", "npz")
+
 
 @dataclass
 class PatchEmbedConfig:

@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 from typing import Sequence
 
+from ..config import EXPORT_FORMATS
 from ..errors import InputError
 from ..filtering import ViewSettings
 from ..reconstruction import Reconstruction
@@ -31,8 +32,6 @@ __all__ = [
     "write_ply",
 ]
 
-EXPORT_FORMATS = ("glb", "ply", "colmap", "npz")
-
 # File names inside the export directory. The COLMAP model sits in sparse/0, the layout that
 # COLMAP, nerfstudio and Gaussian-splatting loaders expect next to an images/ folder.
 GLB_NAME = "scene.glb"
@@ -49,11 +48,12 @@ def export_npz(recon: Reconstruction, path: str | os.PathLike) -> Path:
 
 def export_all(recon: Reconstruction, directory: str | os.PathLike,
                formats: Sequence[str] = EXPORT_FORMATS,
-               settings: ViewSettings = ViewSettings()) -> dict[str, Path]:
-    """Write the requested formats into ``directory`` (created if needed).
+               settings: ViewSettings = ViewSettings(), colmap_binary: bool = True) -> dict[str, Path]:
+    """Write the requested formats into ``directory`` (created if needed); the COLMAP model in
+    COLMAP's binary format, or its text format with ``colmap_binary=False``.
 
     Returns:
-        ``{"glb": scene.glb, "ply": points.ply, "colmap": colmap/sparse/0 (binary model),
+        ``{"glb": scene.glb, "ply": points.ply, "colmap": colmap/sparse/0 (the model),
         "colmap_zip": colmap.zip (holding sparse/0/...), "npz": reconstruction.npz}`` for the
         formats asked for.
 
@@ -74,7 +74,8 @@ def export_all(recon: Reconstruction, directory: str | os.PathLike,
         colmap_root = target / COLMAP_DIR_NAME
         if colmap_root.exists():
             shutil.rmtree(colmap_root)  # stale files of an earlier export must not mix in
-        written["colmap"] = export_colmap(recon, colmap_root / COLMAP_MODEL_SUBDIR, settings)
+        written["colmap"] = export_colmap(recon, colmap_root / COLMAP_MODEL_SUBDIR, settings,
+                                          binary=colmap_binary)
         archive = shutil.make_archive(str(target / COLMAP_DIR_NAME), "zip", root_dir=colmap_root)
         written["colmap_zip"] = Path(archive)
     if "npz" in formats:

@@ -10,6 +10,7 @@ convention of :class:`vggt_core.images.FrameTransform` and hence of the rescaled
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from pathlib import Path
 
@@ -24,16 +25,40 @@ __all__ = ["DEFAULT_COLMAP_MAX_POINTS", "build_colmap_reconstruction", "export_c
 
 # COLMAP tools load points one object at a time; beyond ~1e5 files get slow to use for little gain.
 DEFAULT_COLMAP_MAX_POINTS = 100_000
+MIN_FIELD_OF_VIEW_RAD = 1e-4
+
+logger = logging.getLogger(__name__)
 
 
 def _exported_cameras(recon: Reconstruction, original_resolution: bool
                       ) -> tuple[np.ndarray, np.ndarray]:
     """``(intrinsics [S, 3, 3] float64, sizes [S, 2] (width, height))`` written to the model."""
     if original_resolution:
-        return recon.intrinsics_at_original_resolution(), recon.original_sizes.astype(np.int64)
-    height, width = recon.image_size_hw
-    sizes = np.tile(np.array([[width, height]], dtype=np.int64), (recon.num_frames, 1))
-    return recon.intrinsics.astype(np.float64), sizes
+        intrinsics, sizes = recon.intrinsics_at_original_resolution(), recon.original_sizes.astype(np.int64)
+    else:
+        height, width = recon.image_size_hw
+        sizes = np.tile(np.array([[width, height]], dtype=np.int64), (recon.num_frames, 1))
+        intrinsics = recon.intrinsics.astype(np.float64)
+    return _with_valid_focal_lengths(intrinsics, sizes, recon.frame_names), sizes
+
+
+def _with_valid_focal_lengths(intrinsics: np.ndarray, sizes: np.ndarray, names: list[str]) -> np.ndarray:
+    """COLMAP refuses focal lengths that are not finite and positive. The camera head's field of
+    view is ReLU-activated, so an untrained model can predict 0 (an infinite focal length); such
+    a camera is written with the narrowest field of view, MIN_FIELD_OF_VIEW_RAD, and a warning.
+
+    ``intrinsics``: ``[S, 3, 3]``; ``sizes``: ``[S, 2]`` (width, height). Returns a copy.
+    """
+    intrinsics = intrinsics.copy()
+    for axis in (0, 1):  # fx with the width, fy with the height
+        focal = intrinsics[:, axis, axis]
+        bad = ~np.isfinite(focal) | (focal <= 0)
+        if bad.any():
+            narrowest = sizes[:, axis] / 2.0 / np.tan(MIN_FIELD_OF_VIEW_RAD / 2.0)
+            focal[bad] = narrowest[bad]
+            logger.warning("COLMAP export: %s predicted an invalid focal length; written with a %g rad "
+                           "field of view", ", ".join(names[i] for i in np.flatnonzero(bad)), MIN_FIELD_OF_VIEW_RAD)
+    return intrinsics
 
 
 def _text_safe_name(name: str) -> str:
