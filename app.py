@@ -789,7 +789,7 @@ def build_app(settings: AppSettings) -> gr.Blocks:
         with gr.Row(equal_height=False):
             with gr.Column(scale=2, min_width=320):
                 input_files = gr.File(label="Photos or one video", file_count="multiple",
-                                      file_types=["image", "video"], height=200, elem_id="input-files")
+                                      file_types=["image", ".heic", ".heif", "video"], height=200, elem_id="input-files")
                 video_fps = gr.Slider(0.25, 10, value=settings.video_fps, step=0.25,
                                       label="Video frames per second",
                                       info=f"Videos are sampled at this rate, at most {settings.max_frames} frames.")

@@ -69,6 +69,17 @@ def test_preview_lists_the_frames_before_running(client, synthetic_photos):  # n
     assert status.startswith("3 frames ready")
 
 
+def test_phone_photos_in_heic_are_accepted(client, synthetic_photos, tmp_path):  # noqa: F811
+    from PIL import Image
+
+    heic = tmp_path / "IMG_0042.heic"
+    Image.open(synthetic_photos[0]).save(heic, quality=90)
+    gallery, status = client.predict([handle_file(str(heic)), handle_file(str(synthetic_photos[1]))], 1.0,
+                                     api_name="/preview")
+    assert [item["caption"] for item in gallery] == ["IMG_0042.heic", synthetic_photos[1].name]
+    assert status.startswith("2 frames ready")
+
+
 def write_test_video(path: Path, seconds: int, fps: int = 4) -> Path:
     """A small MPEG-4 video of the synthetic table, one rendered view per video frame."""
     scene = render_scene("table", num_views=seconds * fps, width=112, height=84, seed=2)

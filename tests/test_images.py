@@ -173,6 +173,21 @@ def test_smallest_image_holding_a_patch_is_accepted(tmp_path):
 # ----------------------------------------------------------------------------------------------
 
 
+def test_heic_phone_photos_open_in_a_folder_too(tmp_path):
+    # Left half red, right half blue; HEIC is lossy, so colours are compared loosely.
+    pixels = np.zeros((84, 112, 3), np.uint8)
+    pixels[:, :56] = (230, 20, 20)
+    pixels[:, 56:] = (20, 20, 230)
+    folder = tmp_path / "phone"
+    folder.mkdir()
+    Image.fromarray(pixels).save(folder / "IMG_0001.HEIC", quality=95)
+    assert list_image_files(folder) == [folder / "IMG_0001.HEIC"]
+    batch, transforms = load_images([folder / "IMG_0001.HEIC"], return_transforms=True)
+    assert batch.shape == (1, 3, 392, 518) and transforms[0].original_size == (112, 84)
+    left, right = batch[0, :, :, :200].mean(dim=(1, 2)), batch[0, :, :, -200:].mean(dim=(1, 2))
+    assert left[0] > 0.8 and left[2] < 0.2 and right[2] > 0.8 and right[0] < 0.2
+
+
 def test_exif_orientation_is_applied(tmp_path):
     # Stored 60x40 with the left half red; orientation 6 means "turn 90° clockwise to view",
     # which brings the left half to the top.

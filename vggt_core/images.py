@@ -4,9 +4,10 @@ The pixel pipeline for ordinary 8-bit RGB/RGBA images reproduces the reference p
 bit for bit (ARCHITECTURE.md §11.5): the model was trained on exactly these resampled values,
 so any deviation (another resampler, another rounding rule) shifts its predictions.
 
-Beyond the reference, images are turned upright from their EXIF orientation and unusual PIL
-modes (16-bit, float, palette, CMYK, ...) are converted to a sensible 8-bit RGB first, and
-every frame gets a :class:`FrameTransform` that maps model-input pixels back to the photo.
+Beyond the reference, phone photos in HEIC open too (pillow-heif), images are turned upright
+from their EXIF orientation, unusual PIL modes (16-bit, float, palette, CMYK, ...) are
+converted to a sensible 8-bit RGB first, and every frame gets a :class:`FrameTransform` that
+maps model-input pixels back to the photo.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Iterable, Sequence, Union
 
 import numpy as np
+import pillow_heif
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -27,11 +29,14 @@ from .errors import InputError
 
 logger = logging.getLogger(__name__)
 
+# Phones save HEIC by default; pillow-heif teaches PIL to open it (and HEIF/AVIF-in-HEIF).
+pillow_heif.register_heif_opener()
+
 DEFAULT_TARGET_SIZE = DEFAULT_IMAGE_SIZE
 PREPROCESS_MODES = ("crop", "pad")
 
 IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".jfif"}
+    {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".jfif", ".heic", ".heif"}
 )
 
 # Crop mode resizes the full height before cropping (needed for bit-exact parity), so a very
