@@ -254,14 +254,27 @@ class ModelProvider:
                 torch.manual_seed(0)
                 model = VGGT(tiny_config())
             return model.to(resolve_device(self.device)).eval()
+        if _spaces_package() is not None:
+            # ZeroGPU forbids initialising CUDA outside a spaces.GPU call: read the weights on
+            # the CPU, then .to(device), which ZeroGPU defers until a GPU is attached.
+            return load_model(self.checkpoint, device="cpu").to(resolve_device(self.device))
         return load_model(self.checkpoint, device=self.device)
 
 
-def _on_zero_gpu(function: Callable) -> Callable:
-    """``spaces.GPU`` on a Hugging Face ZeroGPU Space; the function unchanged everywhere else."""
+def _spaces_package():
+    """Hugging Face's ``spaces`` package (present on Spaces), or None."""
     try:
         import spaces  # type: ignore[import-not-found]
     except ImportError:
+        return None
+    return spaces
+
+
+def _on_zero_gpu(function: Callable) -> Callable:
+    """``spaces.GPU`` on a Hugging Face Space (a GPU is attached for the call on ZeroGPU, a no-op
+    on other hardware); the function unchanged everywhere else."""
+    spaces = _spaces_package()
+    if spaces is None:
         return function
     return spaces.GPU(duration=ZERO_GPU_DURATION_SECONDS)(function)
 

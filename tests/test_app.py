@@ -318,6 +318,35 @@ def test_missing_weights_message_says_how_to_pass_a_checkpoint(tmp_path):
     assert not models.is_loaded
 
 
+@pytest.mark.parametrize("on_a_space", [False, True])
+def test_on_a_space_weights_are_read_on_the_cpu_and_the_model_run_gets_a_gpu(monkeypatch, on_a_space):
+    import types
+
+    granted = []
+
+    def fake_gpu(duration):
+        def decorate(function):
+            granted.append(duration)
+            return function
+        return decorate
+
+    # Off Spaces the import fails; on a Space it finds the ``spaces`` package.
+    monkeypatch.setitem(sys.modules, "spaces", types.SimpleNamespace(GPU=fake_gpu) if on_a_space else None)
+    asked_devices = []
+
+    def fake_load_model(source, device=None):
+        asked_devices.append(device)
+        return app.torch.nn.Linear(1, 1)
+
+    monkeypatch.setattr(app, "load_model", fake_load_model)
+    app.ModelProvider("facebook/VGGT-1B", device=None).get()
+    # ZeroGPU forbids touching CUDA outside the GPU call: on a Space the weights are read onto
+    # the CPU; elsewhere the loader picks the best device itself.
+    assert asked_devices == (["cpu"] if on_a_space else [None])
+    app._on_zero_gpu(lambda: None)
+    assert granted == ([app.ZERO_GPU_DURATION_SECONDS] if on_a_space else [])
+
+
 def test_unexpected_errors_become_a_generic_message(caplog):
     def broken():
         raise ZeroDivisionError("internal detail")
