@@ -104,19 +104,27 @@ def test_reconstruct_change_view_and_open_share_link(browser, running_app, synth
     assert "3 frames" in summary_text(page)
     page.screenshot(path=SCREENSHOTS / "3-reconstructed.png", full_page=True)
 
-    threshold = page.locator("#confidence-slider input[type=number]")
-    threshold.fill("90")
-    threshold.press("Enter")
+    # Drag the slider's thumb from 50 to about 90, as a person would.
+    track = page.locator("#confidence-slider input[type=range]")
+    box = track.bounding_box()
+    thumb_x = box["x"] + box["width"] * 0.5
+    page.mouse.move(thumb_x, box["y"] + box["height"] / 2)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.9, box["y"] + box["height"] / 2, steps=8)
+    page.mouse.up()
+    threshold = int(page.locator("#confidence-slider input[type=number]").input_value())
+    assert 80 <= threshold <= 95, threshold
+    # The share link follows the view, so the recipient sees what the sender sees. It changes
+    # in the same update as the summary: once it names the final threshold, so does the summary.
+    share_box = page.locator("#share-link textarea, #share-link input").first
+    page.wait_for_function("([box, suffix]) => box.value.endsWith(suffix)",
+                           arg=[share_box.element_handle(), f"&conf={threshold}"], timeout=UPDATE_TIMEOUT_MS)
     points_at_90 = wait_for_points_shown(page, differing_from=points_at_default)
     assert points_at_90 < points_at_default
     page.screenshot(path=SCREENSHOTS / "4-confidence-90.png", full_page=True)
-
-    # The share link follows the view, so the recipient sees what the sender sees.
-    share_box = page.locator("#share-link textarea, #share-link input").first
-    page.wait_for_function("(box) => box.value.endsWith('&conf=90')", arg=share_box.element_handle(),
-                           timeout=UPDATE_TIMEOUT_MS)
     link = share_box.input_value()
-    assert re.fullmatch(re.escape(running_app.url.rstrip("/")) + r"/\?r=[A-Za-z0-9_-]{22,}&conf=90", link), link
+    assert re.fullmatch(re.escape(running_app.url.rstrip("/")) + rf"/\?r=[A-Za-z0-9_-]{{22,}}&conf={threshold}",
+                        link), link
 
     # Someone else opens the link: a new context shares no cookies, storage or session.
     other_context = browser.new_context(viewport={"width": 1400, "height": 1100})
@@ -125,7 +133,7 @@ def test_reconstruct_change_view_and_open_share_link(browser, running_app, synth
     assert wait_for_points_shown(other_page) == points_at_90
     assert wait_for_rendered_scene(other_page) > 0.02
     assert summary_text(other_page) == summary_text(page)
-    assert other_page.locator("#confidence-slider input[type=number]").input_value() == "90"
+    assert other_page.locator("#confidence-slider input[type=number]").input_value() == str(threshold)
     assert other_page.locator("#share-link textarea, #share-link input").first.input_value() == link
     other_page.screenshot(path=SCREENSHOTS / "5-shared-link.png", full_page=True)
 
