@@ -483,6 +483,12 @@ def untrained_banner_html() -> str:
             "(the default <code>facebook/VGGT-1B</code> or a local file) for real reconstructions.</div>")
 
 
+def _query_flag(text: str) -> bool:
+    if text not in ("0", "1"):
+        raise ValueError(f"expected 0 or 1, got {text!r}")
+    return text == "1"
+
+
 # A share link carries the view besides the id (``?r=<id>&conf=90&branch=point``), so whoever
 # opens it sees what the sender saw. Only settings that differ from the page's defaults are
 # written: the usual link stays short. Query key -> (ViewSettings field, parser).
@@ -490,17 +496,11 @@ VIEW_QUERY_FIELDS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "conf": ("confidence_threshold", float),
     "branch": ("branch", str),
     "frame": ("frame_index", int),
-    "cameras": ("show_cameras", lambda text: _query_flag(text)),
-    "black": ("filter_black_background", lambda text: _query_flag(text)),
-    "white": ("filter_white_background", lambda text: _query_flag(text)),
+    "cameras": ("show_cameras", _query_flag),
+    "black": ("filter_black_background", _query_flag),
+    "white": ("filter_white_background", _query_flag),
     "points": ("max_points", int),
 }
-
-
-def _query_flag(text: str) -> bool:
-    if text not in ("0", "1"):
-        raise ValueError(f"expected 0 or 1, got {text!r}")
-    return text == "1"
 
 
 def _query_value(value: Any) -> str:
@@ -586,8 +586,7 @@ def reconstruction_id_from_text(text: str | None) -> str:
     """Accept either a bare id or a whole share link, and return the id part."""
     text = (text or "").strip()
     if "?" in text or "://" in text:
-        values = parse_qs(urlsplit(text).query).get(SHARE_QUERY_PARAMETER, [])
-        return values[0] if values else ""
+        return share_link_query(text).get(SHARE_QUERY_PARAMETER, "")
     return text
 
 

@@ -140,6 +140,21 @@ def test_running_out_of_memory_becomes_a_frame_limit_message(scene_folder, monke
     assert raised.value.__cause__ is error
 
 
+def test_out_of_memory_without_a_free_memory_figure_gives_no_made_up_count(scene_folder, monkeypatch):
+    import vggt_core.pipeline as pipeline
+
+    torch.manual_seed(0)
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("MPS backend out of memory (MPS allocated: 17.00 GB)")
+
+    monkeypatch.setattr(pipeline, "reconstruct", out_of_memory)
+    monkeypatch.setattr(pipeline, "available_memory_bytes", lambda device: None)  # as on MPS
+    with pytest.raises(FrameLimitError, match=r"4 frames at 518x392 do not fit in the memory: use fewer") as raised:
+        reconstruct_frames(VGGT(tiny_config()).eval(), gather_input_frames([scene_folder]))
+    assert "would fit" not in str(raised.value)
+
+
 def test_other_runtime_errors_are_not_mistaken_for_memory(scene_folder, monkeypatch):
     import vggt_core.pipeline as pipeline
 

@@ -129,11 +129,16 @@ def check_frames_fit_in_memory(model: torch.nn.Module, num_frames: int, height: 
         raise FrameLimitError(_too_many_frames_message(model, num_frames, height, width, available))
 
 
-def _too_many_frames_message(model, num_frames: int, height: int, width: int, available_bytes: int) -> str:
+def _too_many_frames_message(model, num_frames: int, height: int, width: int,
+                             available_bytes: int | None) -> str:
+    """``available_bytes`` None: the device gives no free-memory figure (MPS), so no count."""
     device, _, bytes_per_weight = _model_device_and_weight_bytes(model)
+    where = "GPU memory" if device.type in ("cuda", "mps") else "memory"
+    if available_bytes is None:
+        return (f"{num_frames} frames at {width}x{height} do not fit in the {where}: use fewer photos, "
+                "a lower video frame rate, or a smaller frame limit.")
     fitting = max_frames_for_memory(model.config, height, width, available_bytes,
                                     activation_bytes=_activation_bytes(device), weight_bytes=bytes_per_weight)
-    where = "GPU memory" if device.type in ("cuda", "mps") else "memory"
     return (f"{num_frames} frames at {width}x{height} do not fit in the {where} "
             f"({available_bytes / GIB:.1f} GiB available). About {fitting} frames would fit: "
             "use fewer photos, a lower video frame rate, or a smaller frame limit.")
@@ -178,5 +183,5 @@ def reconstruct_frames(model: torch.nn.Module, frames: Sequence[InputFrame], *, 
         if device.type == "cuda":
             torch.cuda.empty_cache()
         free_bytes = available_memory_bytes(device)
-        available = resident_weight_bytes + (free_bytes or 0)
+        available = None if free_bytes is None else resident_weight_bytes + free_bytes
         raise FrameLimitError(_too_many_frames_message(model, len(frames), height, width, available)) from error
