@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ import torch
 from vggt_core import geometry
 from vggt_core.errors import InputError
 from vggt_core.images import FrameTransform
-from vggt_core.reconstruction import (Reconstruction, reconstruct,
+from vggt_core.reconstruction import (FILE_FORMAT_VERSION, Reconstruction, reconstruct,
                                       reconstruction_from_synthetic_scene)
 from vggt_core.synthetic import render_scene, scene_extent, scene_surface_distance
 
@@ -223,9 +224,37 @@ def test_save_load_round_trip_with_every_field(tmp_path, scene):
         tracks=rng.uniform(0, 40, (NUM_VIEWS, 5, 2)).astype(np.float32),
         track_visibility=rng.uniform(size=(NUM_VIEWS, 5)).astype(np.float32),
         track_confidence=rng.uniform(size=(NUM_VIEWS, 5)).astype(np.float32),
+        track_query_frames=np.array([0, 0, 1, 3, 2]),
+        sky_mask=rng.uniform(size=depth.shape) > 0.7,
+        info={"units": "m", "scale": 2.5, "nested": {"list": [1, 2]}},
     )
     loaded = Reconstruction.load(recon.save(tmp_path / "full.npz"))
     _assert_same(loaded, recon)
+
+
+def test_version_1_file_still_loads():
+    """A file written by format version 1 (before tracks' query frames, sky masks and info)."""
+    fixture = Path(__file__).parent / "fixtures" / "reconstruction-v1.npz"
+    with np.load(fixture) as archive:
+        assert int(archive["__format_version__"]) == 1
+    loaded = Reconstruction.load(fixture)
+    assert loaded.num_frames == 3 and loaded.image_size_hw == (28, 42)
+    assert loaded.tracks.shape == (3, 4, 2) and loaded.track_query_frames is None
+    assert loaded.sky_mask is None and loaded.info == {}
+    np.testing.assert_array_equal(loaded.original_sizes, [[84, 56]] * 3)
+    # Saved again, it becomes a current-version file with the same contents.
+    assert FILE_FORMAT_VERSION >= 2
+
+
+def test_info_must_be_json(scene):
+    recon = reconstruction_from_synthetic_scene(scene)
+    with pytest.raises(InputError, match="JSON"):
+        dataclasses.replace(recon, info={"bad": object()})
+    with pytest.raises(InputError, match="JSON"):
+        dataclasses.replace(recon, info={"nan": float("nan")})
+    with pytest.raises(InputError, match="query_frames"):
+        dataclasses.replace(recon, tracks=np.zeros((NUM_VIEWS, 2, 2), np.float32),
+                            track_query_frames=np.array([0, NUM_VIEWS]))
 
 
 def test_defaults_and_shape_validation(scene):

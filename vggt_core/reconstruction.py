@@ -8,6 +8,7 @@ back without pickle: an uploaded or stale file can never execute code.
 
 from __future__ import annotations
 
+import json
 import os
 import zipfile
 import zlib
@@ -32,8 +33,11 @@ __all__ = [
 
 ProgressCallback = Callable[[float, str], None]
 
-FILE_FORMAT_VERSION = 1
+# Version 1: the arrays below up to track_confidence. Version 2 adds the optional fields after it
+# and the ``info`` JSON; version-1 files still load (the new fields are then absent).
+FILE_FORMAT_VERSION = 2
 _FORMAT_KEY = "__format_version__"
+_INFO_KEY = "__info_json__"
 
 # Stored dtype of every array field; (field name, dtype, may be None).
 _ARRAY_FIELDS: tuple[tuple[str, type, bool], ...] = (
@@ -52,6 +56,9 @@ _ARRAY_FIELDS: tuple[tuple[str, type, bool], ...] = (
     ("tracks", np.float32, True),
     ("track_visibility", np.float32, True),
     ("track_confidence", np.float32, True),
+    # Version 2.
+    ("track_query_frames", np.int64, True),
+    ("sky_mask", np.bool_, True),
 )
 
 # Model outputs kept (each [1, S, ...]); anything else it returns (e.g. the input images or
@@ -97,6 +104,11 @@ class Reconstruction:
         tracks: ``[S, N, 2]`` float32 tracked positions per frame, or None.
         track_visibility: ``[S, N]`` float32 in [0, 1], or None.
         track_confidence: ``[S, N]`` float32, or None.
+        track_query_frames: ``[N]`` int64, the frame each track's query point was picked in
+            (its ``query_points`` are pixels of that frame), or None: every track starts in frame 0.
+        sky_mask: ``[S, H, W]`` bool, True where a sky segmenter saw sky, or None (not computed).
+        info: JSON-serialisable facts about the scene that are not arrays (units, how the
+            cameras were obtained, a refinement report ...); stored as JSON in the file.
     """
 
     images: np.ndarray
@@ -115,6 +127,9 @@ class Reconstruction:
     tracks: np.ndarray | None = None
     track_visibility: np.ndarray | None = None
     track_confidence: np.ndarray | None = None
+    track_query_frames: np.ndarray | None = None
+    sky_mask: np.ndarray | None = None
+    info: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         images = np.asarray(self.images)
@@ -148,6 +163,7 @@ class Reconstruction:
             "pose_encoding": (num_frames, 9),
             "original_sizes": (num_frames, 2),
             "image_transforms": (num_frames, 4),
+            "sky_mask": (num_frames, height, width),
         }
         for name, shape in expected.items():
             value = getattr(self, name)
@@ -158,9 +174,16 @@ class Reconstruction:
         if (self.world_points is None) != (self.world_points_conf is None):
             raise InputError("world_points and world_points_conf must be given together")
         self._check_tracks(num_frames)
+        if not isinstance(self.info, dict):
+            raise InputError(f"info must be a dict, got {type(self.info).__name__}")
+        try:
+            json.dumps(self.info, allow_nan=False)
+        except (TypeError, ValueError) as error:
+            raise InputError(f"info must be JSON-serialisable ({error})") from error
 
     def _check_tracks(self, num_frames: int) -> None:
-        track_fields = (self.query_points, self.tracks, self.track_visibility, self.track_confidence)
+        track_fields = (self.query_points, self.tracks, self.track_visibility, self.track_confidence,
+                        self.track_query_frames)
         if all(value is None for value in track_fields):
             return
         if self.tracks is None:
@@ -170,10 +193,14 @@ class Reconstruction:
         num_tracks = self.tracks.shape[1]
         for name, shape in (("query_points", (num_tracks, 2)),
                             ("track_visibility", (num_frames, num_tracks)),
-                            ("track_confidence", (num_frames, num_tracks))):
+                            ("track_confidence", (num_frames, num_tracks)),
+                            ("track_query_frames", (num_tracks,))):
             value = getattr(self, name)
             if value is not None and value.shape != shape:
                 raise InputError(f"{name} must have shape {list(shape)}, got {list(value.shape)}")
+        if self.track_query_frames is not None and num_tracks and (
+                self.track_query_frames.min() < 0 or self.track_query_frames.max() >= num_frames):
+            raise InputError(f"track_query_frames must be frame indices in [0, {num_frames})")
 
     # ----------------------------------------------------------------------------------------
 
@@ -220,6 +247,7 @@ class Reconstruction:
             if value is not None:
                 arrays[name] = value
         arrays["frame_names"] = np.array(self.frame_names, dtype=np.str_)
+        arrays[_INFO_KEY] = np.array(json.dumps(self.info, allow_nan=False), dtype=np.str_)
         temporary = target.with_name(target.name + ".partial")
         with open(temporary, "wb") as handle:
             np.savez_compressed(handle, **arrays)
@@ -265,6 +293,15 @@ class Reconstruction:
         if "frame_names" not in contents or contents["frame_names"].dtype.kind != "U":
             raise InputError(f"{label} lacks the frame names")
         kwargs["frame_names"] = contents["frame_names"].tolist()
+        if _INFO_KEY in contents:
+            info_text = contents[_INFO_KEY]
+            try:
+                info = json.loads(str(info_text)) if info_text.dtype.kind == "U" else None
+            except ValueError:
+                info = None
+            if not isinstance(info, dict):
+                raise InputError(f"{label} has unreadable scene information")
+            kwargs["info"] = info
         for name, dtype, _ in _ARRAY_FIELDS:
             value = kwargs.get(name)
             # Casting silently would hide a file written by something else; refuse instead.
