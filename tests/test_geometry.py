@@ -1,4 +1,4 @@
-"""Tests for vggt_core.geometry: conventions of spec §11.1–§11.4 and round-trip properties."""
+"""Tests for vggt_core.geometry: the conventions of docs/architecture.md and round-trip properties."""
 
 from __future__ import annotations
 
@@ -269,7 +269,7 @@ def test_unprojection_applies_camera_to_world_transform():
 
 
 def loop_unprojection(depth: np.ndarray, extrinsics: np.ndarray, intrinsics: np.ndarray) -> np.ndarray:
-    """Slow per-pixel reference written straight from spec §11.4. depth ``[S, H, W]``."""
+    """Slow per-pixel reference written straight from the unprojection formula. depth ``[S, H, W]``."""
     frames, height, width = depth.shape
     points = np.zeros((frames, height, width, 3))
     for s in range(frames):

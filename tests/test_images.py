@@ -21,7 +21,7 @@ from vggt_core.images import (
 )
 
 # ----------------------------------------------------------------------------------------------
-# An independent, deliberately plain re-statement of the reference steps (ARCHITECTURE.md §11.5)
+# An independent, deliberately plain re-statement of the reference steps (docs/architecture.md, *Image preprocessing*)
 # ----------------------------------------------------------------------------------------------
 
 

@@ -1,6 +1,6 @@
 """VGGT hyper-parameters: one source of truth for every size the model is built with.
 
-The schema is the one of the spec (§2): top-level aggregator keys plus one nested section per
+The schema is the implementers' JSON schema: top-level aggregator keys plus one nested section per
 sub-module. ``VGGTConfig()`` is VGGT-1B. Unknown keys and impossible values raise ``ValueError``
 naming the offending key, because a silently ignored typo would otherwise surface later as a
 strict-loading failure with thousands of mismatched keys.
@@ -19,8 +19,8 @@ from typing import Any
 DEFAULT_IMAGE_SIZE = 518
 PATCH_SIZE = 14
 
-# Fixed by the architecture (not part of the JSON schema): see spec §2 "hyper-parameters the
-# reference has that the schema lacks".
+# Fixed by the architecture (not part of the JSON schema): the reference hard-codes these in its
+# sub-modules, and VGGT-1B uses exactly these values.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 POSE_ENCODING_DIM = 9  # [t(3), quaternion xyzw(4), fov_h, fov_w]

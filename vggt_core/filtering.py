@@ -119,7 +119,7 @@ def _branch_arrays(recon: Reconstruction, branch: str) -> tuple[np.ndarray, np.n
 def select_points(recon: Reconstruction, settings: ViewSettings = ViewSettings()) -> PointSelection:
     """Apply the display filters to a reconstruction.
 
-    Same semantics as the reference ``predictions_to_glb`` (ARCHITECTURE.md §12): the threshold
+    Same semantics as the reference ``predictions_to_glb`` (docs/architecture.md, *Display filters and the GLB*): the threshold
     is ``np.percentile(conf, q)`` over the selected frames (0 when ``q == 0``), points need
     ``conf ≥ threshold`` and ``conf > 1e-5``; then the background filters. Beyond the
     reference, non-finite points are dropped and ``max_points`` thins the result.

@@ -1,6 +1,6 @@
 """Camera geometry shared by the model heads, the pipeline, the exporters and the tests.
 
-Conventions (spec §11):
+Conventions (docs/architecture.md, *Conventions*):
 
 * Extrinsics are **world-to-camera** ``[R | t]`` with ``X_cam = R·X_world + t`` in OpenCV axes
   (x right, y down, z forward). ``t`` is not the camera centre; :func:`camera_centers` gives that.
@@ -85,7 +85,7 @@ def _check_trailing_shape(name: str, value: ArrayOrTensor, *trailing: int | Sequ
 
 
 # --------------------------------------------------------------------------------------------
-# Quaternions (spec §11.2)
+# Quaternions (docs/architecture.md, *Conventions*)
 # --------------------------------------------------------------------------------------------
 
 
@@ -120,7 +120,7 @@ def _positive_sqrt(x: torch.Tensor) -> torch.Tensor:
 
 
 def rotation_matrix_to_quaternion(matrices: ArrayOrTensor) -> ArrayOrTensor:
-    """Scalar-last quaternions from rotation matrices (spec §11.2, PyTorch3D-style).
+    """Scalar-last quaternions from rotation matrices (PyTorch3D-style; docs/architecture.md, *Conventions*).
 
     Of the four algebraically equivalent candidates the one with the largest denominator is taken,
     which keeps the division well conditioned for every rotation. The sign is standardised so that
@@ -164,7 +164,7 @@ def rotation_matrix_to_quaternion(matrices: ArrayOrTensor) -> ArrayOrTensor:
 
 
 # --------------------------------------------------------------------------------------------
-# Pose encoding (spec §11.1)
+# Pose encoding (docs/architecture.md, *Conventions*)
 # --------------------------------------------------------------------------------------------
 
 
@@ -240,7 +240,7 @@ def extrinsics_intrinsics_to_pose_encoding(
 
 
 # --------------------------------------------------------------------------------------------
-# Rigid transforms (spec §11.3)
+# Rigid transforms
 # --------------------------------------------------------------------------------------------
 
 
@@ -306,7 +306,7 @@ def camera_centers(extrinsics: ArrayOrTensor) -> ArrayOrTensor:
 
 
 # --------------------------------------------------------------------------------------------
-# Projection and unprojection (spec §11.4)
+# Projection and unprojection (docs/architecture.md, *Conventions*)
 # --------------------------------------------------------------------------------------------
 
 

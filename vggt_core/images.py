@@ -1,7 +1,7 @@
 """Loading photos and turning them into the model's input tensor.
 
 The pixel pipeline for ordinary 8-bit RGB/RGBA images reproduces the reference preprocessing
-bit for bit (ARCHITECTURE.md §11.5): the model was trained on exactly these resampled values,
+bit for bit (docs/architecture.md, *Image preprocessing*): the model was trained on exactly these resampled values,
 so any deviation (another resampler, another rounding rule) shifts its predictions.
 
 Beyond the reference, phone photos in HEIC open too (pillow-heif), images are turned upright

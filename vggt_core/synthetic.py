@@ -4,7 +4,7 @@ Each scene is a set of analytic surfaces (the inside of a room box, axis-aligned
 vertical capped cylinders) with procedural colour textures chosen so that image features are
 distinctive and trackable. Cameras sit on a smooth arc and look at the scene centre.
 
-The depth is exact for the spec's pixel convention (§11.4): the ray of integer pixel ``(u, v)``
+The depth is exact for the unprojection pixel convention (docs/architecture.md, *Conventions*): the ray of integer pixel ``(u, v)``
 has camera-frame direction ``((u − c_x)/f_x, (v − c_y)/f_y, 1)``. Because that direction has unit
 z, the ray parameter of the hit *is* the z-depth, and
 ``geometry.unproject_depth_map_to_world_points(depth, extrinsics, intrinsics)`` lands on the

@@ -1,6 +1,6 @@
 """glTF-binary scene of a reconstruction: the coloured point cloud plus camera frustums.
 
-Follows the reference demo's ``predictions_to_glb`` (ARCHITECTURE.md §12): same filters, same
+Follows the reference demo's ``predictions_to_glb`` (docs/architecture.md, *Display filters and the GLB*): same filters, same
 camera colours (``gist_rainbow`` by frame index), frustum size relative to the scene, and the
 same scene alignment for VGGT's predictions.
 """

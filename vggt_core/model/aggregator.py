@@ -1,5 +1,5 @@
 """Aggregator: DINOv2 patch tokens, per-frame special tokens and alternating frame/global
-attention with 2-D RoPE (spec §5)."""
+attention with 2-D RoPE (docs/architecture.md, *Aggregator*)."""
 
 from __future__ import annotations
 

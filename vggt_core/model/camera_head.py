@@ -1,4 +1,4 @@
-"""Camera head: iterative refinement of a 9-D pose encoding from each frame's camera token (spec §6)."""
+"""Camera head: iterative refinement of a 9-D pose encoding from each frame's camera token (docs/architecture.md, *Camera head*)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""DINOv2 ViT with registers, the per-image patch embedder of the aggregator (spec §5.2).
+"""DINOv2 ViT with registers, the per-image patch embedder of the aggregator (docs/architecture.md, *Aggregator*).
 
 Attribute names are the state-dict names under ``aggregator.patch_embed.``.
 """

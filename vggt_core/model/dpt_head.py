@@ -1,4 +1,4 @@
-"""DPT head: four aggregator layers fused into a dense map (spec §7).
+"""DPT head: four aggregator layers fused into a dense map (docs/architecture.md, *Dense (DPT) heads*).
 
 Used three times: depth (exp activation), point map (inverse-log activation) and, as a
 feature extractor at half resolution, by the track head.

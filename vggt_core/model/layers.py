@@ -1,4 +1,4 @@
-"""Transformer building blocks shared by DINOv2, the aggregator and the camera trunk (spec §4, §5.4)."""
+"""Transformer building blocks shared by DINOv2, the aggregator and the camera trunk (docs/architecture.md, *Building blocks*)."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ class TokenPositions:
 
 class RotaryPositionEmbedding2D(nn.Module):
     """2-D rotary embedding: the first half of each head's channels turns with the row (y)
-    position, the second half with the column (x) position (spec §5.4). No parameters."""
+    position, the second half with the column (x) position (docs/architecture.md, *Building blocks*). No parameters."""
 
     def __init__(self, base_frequency: float):
         super().__init__()

@@ -1,4 +1,4 @@
-"""Track head: DPT features at half resolution and an iterative correlation tracker (spec §8)."""
+"""Track head: DPT features at half resolution and an iterative correlation tracker (docs/architecture.md, *Track head*)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""VGGT: aggregator plus camera, depth, point and track heads (spec §1, §3, §9)."""
+"""VGGT: aggregator plus camera, depth, point and track heads (docs/architecture.md, *The network*)."""
 
 from __future__ import annotations
 
