@@ -7,11 +7,15 @@ re-renders, other sessions and share links (also after a restart) never compute 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 
-from vggt_core.sky import (DEFAULT_SKY_MODEL, SkyModelUnavailableError, SkySegmenter, load_sky_segmenter,
-                           sky_mask_from_bytes, sky_mask_to_bytes)
+import gradio as gr
+
+from vggt_core.sky import (DEFAULT_SKY_MODEL, SKY_MODEL_FILE, SkyModelUnavailableError, SkySegmenter,
+                           load_sky_segmenter, sky_mask_from_bytes, sky_mask_to_bytes)
+from vggt_core.filtering import ViewSettings
 from vggt_core.store import ReconstructionStore, StoredReconstruction
 
 logger = logging.getLogger("vggt_app")
@@ -55,6 +59,41 @@ class SkyMasks:
                 logger.exception("could not store the sky mask of %s", stored.id)
         # The in-memory reconstruction is shared by every view of this entry.
         recon.sky_mask = mask
+
+    def apply(self, stored: StoredReconstruction, settings: ViewSettings) -> ViewSettings:
+        """``settings`` ready to render: the mask is there when the sky is hidden; without the
+        sky model a warning says how to get it and the sky stays visible."""
+        if not settings.hide_sky:
+            return settings
+        try:
+            self.ensure(stored)
+        except SkyModelUnavailableError as error:
+            logger.warning("sky model unavailable: %s", error)
+            gr.Warning(str(error), duration=None)
+            return dataclasses.replace(settings, hide_sky=False)
+        return settings
+
+    def checkbox_info(self) -> str:
+        """The checkbox's help text; says how to get the model when it is not at hand yet."""
+        if sky_model_at_hand(self.source):
+            return HIDE_SKY_INFO
+        return (HIDE_SKY_INFO + f" Needs {SKY_MODEL_FILE} (about 4 MB, downloaded on first use; without internet "
+                "start the app with --sky-model /path/to/skyseg.onnx).")
+
+
+def sky_model_at_hand(source: str) -> bool:
+    """A local file, or already in the Hugging Face cache (no network is asked)."""
+    from pathlib import Path
+
+    path = Path(source).expanduser()
+    if path.is_file() or (path / SKY_MODEL_FILE).is_file():
+        return True
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(source, SKY_MODEL_FILE), str)
+    except Exception:  # noqa: BLE001 - not a repo id, unreadable cache, ...
+        return False
 
 
 __all__ = ["HIDE_SKY_INFO", "HIDE_SKY_LABEL", "SKY_MASK_ATTACHMENT", "SkyMasks", "SkyModelUnavailableError"]
