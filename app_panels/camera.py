@@ -55,7 +55,10 @@ class CameraPanel:
                 unit = gr.Radio(FOCAL_UNIT_CHOICES, value="px", label="Unit", elem_id="camera-unit")
             apply = gr.Button("Apply camera", elem_id="camera-apply")
 
-        def apply_camera(recon_id, choice_value, focal_value, unit_value, *controls, request: gr.Request):
+        # Spelled out (not *controls): Gradio passes the request only to a named parameter.
+        def apply_camera(recon_id, choice_value, focal_value, unit_value, confidence, branch, frame, show_cameras,
+                         filter_black, filter_white, max_points, hide_sky=False, request: gr.Request = None):
+            controls = [confidence, branch, frame, show_cameras, filter_black, filter_white, max_points, hide_sky]
             return self.apply(recon_id, choice_value, focal_value, unit_value, *controls, request)
 
         apply.click(self.user_errors(apply_camera), [recon_id_box, choice, focal, unit, *view_controls],

@@ -158,7 +158,8 @@ class MeasurePanel:
             gr.Markdown("Click two points on the frames (they may lie in different frames); their distance "
                         "is shown in scene units. Type their true length to rescale the scene, its downloads "
                         "and its share link.")
-            frame = gr.Dropdown([], label="Frame", elem_id="measure-frame", interactive=True)
+            frame = gr.Dropdown([], label="Frame", elem_id="measure-frame", interactive=True,
+                                allow_custom_value=True)
             image = gr.Image(label="Click to place A, then B", interactive=False, type="pil", height=300,
                              elem_id="measure-image", buttons=[])
             result = gr.Markdown(elem_id="measure-result")
@@ -180,7 +181,12 @@ class MeasurePanel:
         hidden_button.click(self.user_errors(self.point), [recon_id_box, frame, x_box, y_box, points, branch],
                             [image, points, result], api_name="measure_point")
 
-        def apply_scale(recon_id, points_text, length_value, unit_value, *controls, request: gr.Request):
+        # Spelled out (not *controls): Gradio passes the request only to a named parameter.
+        def apply_scale(recon_id, points_text, length_value, unit_value, confidence, branch_value, frame_value,
+                        show_cameras, filter_black, filter_white, max_points, hide_sky=False,
+                        request: gr.Request = None):
+            controls = [confidence, branch_value, frame_value, show_cameras, filter_black, filter_white, max_points,
+                        hide_sky]
             return self.apply(recon_id, points_text, length_value, unit_value, *controls, request)
 
         apply.click(self.user_errors(apply_scale), [recon_id_box, points, length, unit, *view_controls],
