@@ -22,7 +22,7 @@ logger = logging.getLogger("vggt_app")
 
 SKY_MASK_ATTACHMENT = "sky_mask.npz"
 HIDE_SKY_LABEL = "Hide sky"
-HIDE_SKY_INFO = "Drops the pixels a sky-segmentation model sees as sky (computed once per reconstruction)."
+HIDE_SKY_INFO = "Drops what a sky-segmentation model sees as sky."
 
 
 class SkyMasks:
@@ -77,8 +77,8 @@ class SkyMasks:
         """The checkbox's help text; says how to get the model when it is not at hand yet."""
         if sky_model_at_hand(self.source):
             return HIDE_SKY_INFO
-        return (HIDE_SKY_INFO + f" Needs {SKY_MODEL_FILE} (about 4 MB, downloaded on first use; without internet "
-                "start the app with --sky-model /path/to/skyseg.onnx).")
+        return (HIDE_SKY_INFO + f" Needs {SKY_MODEL_FILE}: downloaded on first use; offline, start the app "
+                "with --sky-model /path/to/skyseg.onnx.")
 
 
 def sky_model_at_hand(source: str) -> bool:
