@@ -219,3 +219,25 @@ def test_memory_line_offers_thinning_to_the_frame_limit():
         "free-memory figure.", None)
     photos = [f"{index}.jpg" for index in range(8)]
     assert thinned_inputs(photos, 1.0, 6, 64) == (["0.jpg", "1.jpg", "2.jpg", "4.jpg", "5.jpg", "6.jpg"], 1.0)
+
+
+def test_thinning_a_video_lowers_its_frame_rate(tmp_path):
+    import av
+
+    from app_panels.memory import thinned_inputs
+
+    video = tmp_path / "clip.mp4"
+    with av.open(str(video), "w") as container:
+        stream = container.add_stream("mpeg4", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for index in range(30):  # 3 s
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), index * 8, np.uint8), format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    kept, fps = thinned_inputs([str(video)], 4.0, 5, 64)
+    assert kept == [str(video)] and fps < 4.0
+    from vggt_core.pipeline import gather_input_frames
+
+    assert len(gather_input_frames(kept, fps=fps)) <= 5 < len(gather_input_frames(kept, fps=fps + 0.25))

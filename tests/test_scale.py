@@ -108,3 +108,13 @@ def test_exports_name_the_units(true_scene, tmp_path):
     assert (written["colmap"].parent.parent / "units.txt").read_text().startswith("units: cm")
     assert Reconstruction.load(written["npz"]).units == "cm"
     assert trimesh.load(written["ply"]).vertices.shape[1] == 3  # the extra comments keep it readable
+
+
+def test_a_version_1_file_has_no_units_and_scales():
+    from pathlib import Path
+
+    old = Reconstruction.load(Path(__file__).parent / "fixtures" / "reconstruction-v1.npz")
+    assert old.units is None and old.scale_factor == 1.0 and old.predicted_intrinsics is None
+    doubled = old.scaled(2.0, units="ft")
+    np.testing.assert_allclose(doubled.depth, 2.0 * old.depth)
+    assert doubled.units == "ft"
