@@ -58,6 +58,15 @@ def test_measure_two_points_and_rescale(browser, running_app, synthetic_photos):
     image.click(position={"x": box["width"] * 0.7, "y": box["height"] * 0.4})
     result.get_by_text("distance 1.5 m").wait_for(timeout=UPDATE_TIMEOUT_MS)
 
+    # This server has no sky model at hand: the checkbox says how to get it, and ticking it
+    # explains again instead of failing, with the sky left in.
+    sky = page.locator("#hide-sky-checkbox")
+    assert "--sky-model" in sky.inner_text()
+    sky.locator("input[type=checkbox]").check()
+    page.get_by_text("Sky removal needs the sky-segmentation model").first.wait_for(timeout=UPDATE_TIMEOUT_MS)
+    assert wait_for_points_shown(page) == points
+    page.screenshot(path=SCREENSHOTS / "measure-3-no-sky-model.png", full_page=True)
+
     # Whoever opens the new link gets the scene in metres.
     other = browser.new_context(viewport={"width": 1400, "height": 1100}).new_page()
     other.goto(link)
