@@ -52,7 +52,13 @@ from vggt_core.filtering import ViewSettings
 from vggt_core.images import open_image_rgb
 from vggt_core.pipeline import InputFrame, gather_input_frames, is_video_file, reconstruct_frames
 from vggt_core.reconstruction import Reconstruction
+from vggt_core.sky import DEFAULT_SKY_MODEL, SkyModelUnavailableError
 from vggt_core.store import ReconstructionNotFoundError, ReconstructionStore, StoredReconstruction
+
+from app_panels.camera import CameraPanel
+from app_panels.measure import MeasurePanel, scene_lines
+from app_panels.memory import MemoryPanel
+from app_panels.sky import HIDE_SKY_LABEL, SkyMasks
 
 logger = logging.getLogger("vggt_app")
 
@@ -107,6 +113,7 @@ class AppSettings:
     storage_ttl_hours: float = 72.0
     storage_max_mb: float = 2048.0
     public_url: str | None = None
+    sky_model: str = DEFAULT_SKY_MODEL
 
     @property
     def is_untrained(self) -> bool:
@@ -204,6 +211,10 @@ def build_arg_parser(environ: Mapping[str, str] | None = None) -> argparse.Argum
         help="the page's public address used in share links, e.g. https://example.org/vggt/ "
              "(needed only behind proxies that hide it) [env VGGT_PUBLIC_URL; default: taken from "
              "the browser's request]")
+    parser.add_argument(
+        "--sky-model", default=env.get("VGGT_SKY_MODEL", defaults.sky_model),
+        help="sky-segmentation model for 'Hide sky': a Hugging Face repo id holding skyseg.onnx, or a local "
+             f".onnx file [env VGGT_SKY_MODEL; default {defaults.sky_model}]")
     return parser
 
 
@@ -213,7 +224,7 @@ def parse_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str]
                        share=args.share, max_frames=args.max_frames, video_fps=args.video_fps,
                        storage_dir=Path(args.storage_dir).expanduser(),
                        storage_ttl_hours=args.storage_ttl_hours, storage_max_mb=args.storage_max_mb,
-                       public_url=args.public_url)
+                       public_url=args.public_url, sky_model=args.sky_model)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -384,11 +395,12 @@ class ViewRenderer:
     def downloads(self, stored: StoredReconstruction, stored_npz: Path, settings: ViewSettings) -> list[str]:
         """GLB, PLY and zipped COLMAP model of the current view, plus the raw predictions."""
         folder = self._folder(stored.id) / f"export-{_settings_digest(settings)}"
-        written = export_all(stored.reconstruction, folder, ("glb", "ply", "colmap"), settings)
+        written = export_all(stored.reconstruction, folder, ("glb", "ply", "colmap", "depth"), settings)
         npz_copy = folder / "reconstruction.npz"
         # The stored file is exactly what Reconstruction.save writes; copying beats recompressing.
         shutil.copyfile(stored_npz, npz_copy)
-        return [str(written["glb"]), str(written["ply"]), str(written["colmap_zip"]), str(npz_copy)]
+        return [str(written["glb"]), str(written["ply"]), str(written["colmap_zip"]), str(npz_copy),
+                str(written["depth_zip"])]
 
     def forget(self, recon_id: str) -> None:
         with self._lock:
@@ -442,12 +454,13 @@ def parse_frame_choice(choice: str | None, num_frames: int) -> int | None:
 
 
 # The display controls, in the order every handler receives them.
-VIEW_CONTROL_NAMES = ("confidence", "branch", "frame", "show_cameras", "filter_black", "filter_white", "max_points")
+VIEW_CONTROL_NAMES = ("confidence", "branch", "frame", "show_cameras", "filter_black", "filter_white", "max_points",
+                      "hide_sky")
 
 
 def view_settings_from_controls(confidence_percentile: float, branch: str, frame_choice: str | None,
                                 show_cameras: bool, filter_black: bool, filter_white: bool,
-                                max_points: float, *, num_frames: int) -> ViewSettings:
+                                max_points: float, hide_sky: bool = False, *, num_frames: int) -> ViewSettings:
     """The controls' values (see :data:`VIEW_CONTROL_NAMES`) as checked :class:`ViewSettings`."""
     if branch not in ("depth", "point"):
         raise InputError(f"Unknown prediction branch {branch!r}; choose 'depth' or 'point'.")
@@ -456,7 +469,8 @@ def view_settings_from_controls(confidence_percentile: float, branch: str, frame
     return ViewSettings(confidence_threshold=float(confidence_percentile), threshold_is_percentile=True,
                         branch=branch, frame_index=parse_frame_choice(frame_choice, num_frames),
                         show_cameras=bool(show_cameras), filter_black_background=bool(filter_black),
-                        filter_white_background=bool(filter_white), max_points=int(max_points))
+                        filter_white_background=bool(filter_white), max_points=int(max_points),
+                        hide_sky=bool(hide_sky))
 
 
 def summary_markdown(stored: StoredReconstruction, view: RenderedView) -> str:
@@ -471,6 +485,7 @@ def summary_markdown(stored: StoredReconstruction, view: RenderedView) -> str:
         f"**{view.num_points:,} points shown** · {view.num_cameras} cameras · "
         f"{'depth' if view.branch == 'depth' else 'point map'} branch, confidence ≥ {view.confidence_threshold:.3g}",
     ]
+    lines += scene_lines(recon)
     if info.get("untrained"):
         lines.append("⚠️ Made with an **untrained** model: the geometry is meaningless.")
     return "  \n".join(lines)
@@ -500,6 +515,7 @@ VIEW_QUERY_FIELDS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "black": ("filter_black_background", _query_flag),
     "white": ("filter_white_background", _query_flag),
     "points": ("max_points", int),
+    "sky": ("hide_sky", _query_flag),
 }
 
 
@@ -562,7 +578,8 @@ def controls_from_view_settings(settings: ViewSettings, recon: Reconstruction) -
     frame = (ALL_FRAMES_CHOICE if settings.frame_index is None
              else frame_label(settings.frame_index, recon.frame_names[settings.frame_index]))
     return [settings.confidence_threshold, settings.branch, frame, settings.show_cameras,
-            settings.filter_black_background, settings.filter_white_background, settings.max_points]
+            settings.filter_black_background, settings.filter_white_background, settings.max_points,
+            settings.hide_sky]
 
 
 def page_url_from_request(request: gr.Request | None, public_url: str | None) -> str:
@@ -606,7 +623,7 @@ def show_user_errors(handler: Callable) -> Callable:
             raise
         except WeightsUnavailableError as error:
             message = str(error)
-            if "--checkpoint" not in message:
+            if "--checkpoint" not in message and not isinstance(error, SkyModelUnavailableError):
                 message = f"{message}\n{CHECKPOINT_HINT}"
             logger.warning("weights unavailable: %s", error)
             raise gr.Error(user_message(message), duration=None) from None
@@ -656,6 +673,7 @@ class ReconstructionService:
         self.store = store
         self.renderer = renderer
         self.models = models
+        self.sky = SkyMasks(store, settings.sky_model)
 
     # ---- before running
 
@@ -717,24 +735,27 @@ class ReconstructionService:
         if ignored:
             gr.Warning(user_message(f"The link's view settings {', '.join(ignored)} are not valid; "
                                     "showing the defaults for those."))
+        settings = self.sky.apply(stored, settings)
         view = self.renderer.view(stored, settings)
-        confidence, branch, frame, show_cameras, black, white, max_points = controls_from_view_settings(settings, recon)
+        confidence, branch, frame, show_cameras, black, white, max_points, hide_sky = \
+            controls_from_view_settings(settings, recon)
         return (str(view.glb_path), summary_markdown(stored, view), self.renderer.depth_gallery(stored),
                 gr.Dropdown(choices=frame_choices(recon), value=frame), stored.id,
                 gr.Textbox(value=share_link(page_url, stored.id, settings), info=self.expiry_note(stored)),
                 None,  # clears the downloads of the previous reconstruction
-                confidence, branch, show_cameras, black, white, max_points)
+                confidence, branch, show_cameras, black, white, max_points, hide_sky)
 
     def view_outputs(self, recon_id: str, controls: Sequence[Any], page_url: str) -> tuple[str, str, str]:
         """The viewer's GLB, the summary and the share link after a view control changed."""
         stored = self.store.load(recon_id)
-        settings = self.view_settings(stored, controls)
+        settings = self.sky.apply(stored, self.view_settings(stored, controls))
         view = self.renderer.view(stored, settings)
         return str(view.glb_path), summary_markdown(stored, view), share_link(page_url, stored.id, settings)
 
     def downloads(self, recon_id: str, controls: Sequence[Any]) -> list[str]:
         stored = self.store.load(recon_id)
-        return self.renderer.downloads(stored, self.store.npz_path(recon_id), self.view_settings(stored, controls))
+        settings = self.sky.apply(stored, self.view_settings(stored, controls))
+        return self.renderer.downloads(stored, self.store.npz_path(recon_id), settings)
 
     def expiry_note(self, stored: StoredReconstruction) -> str:
         expires = datetime.fromtimestamp(self.store.expires_at(stored), tz=timezone.utc)
@@ -806,6 +827,9 @@ def build_app(settings: AppSettings) -> gr.Blocks:
                                       label="Video frames per second",
                                       info=f"Videos are sampled at this rate, at most {settings.max_frames} frames.")
                 input_status = gr.Markdown(elem_id="input-status")
+                MemoryPanel(settings.max_frames, untrained=settings.is_untrained, device=settings.device,
+                            on_zero_gpu=_spaces_package() is not None, file_paths=_file_paths,
+                            user_errors=show_user_errors).build_and_wire(input_files, video_fps)
                 input_gallery = gr.Gallery(label="Frames to reconstruct", columns=4, height=240,
                                            object_fit="cover", allow_preview=True, elem_id="input-gallery")
                 reconstruct_button = gr.Button("Reconstruct", variant="primary", size="lg",
@@ -840,27 +864,31 @@ def build_app(settings: AppSettings) -> gr.Blocks:
                         cameras_checkbox = gr.Checkbox(value=defaults.show_cameras, label="Show cameras")
                         black_checkbox = gr.Checkbox(value=False, label="Hide black background")
                         white_checkbox = gr.Checkbox(value=False, label="Hide white background")
+                        sky_checkbox = gr.Checkbox(value=False, label=HIDE_SKY_LABEL, info=service.sky.checkbox_info(),
+                                                   elem_id="hide-sky-checkbox")
                 share_box = gr.Textbox(label="Share link", interactive=False, buttons=["copy"],
                                        placeholder="Appears after a reconstruction", elem_id="share-link")
                 with gr.Accordion("Downloads", open=False):
                     gr.Markdown("GLB scene, PLY point cloud and COLMAP model (zip) of the current view, "
-                                "and all raw predictions (.npz, load with `Reconstruction.load`).")
+                                "all raw predictions (.npz, load with `Reconstruction.load`) and depth maps "
+                                "at the photos' resolution (zip).")
                     downloads_button = gr.Button("Prepare downloads", elem_id="downloads-button")
                     downloads = gr.File(label="Files", file_count="multiple", interactive=False,
                                         elem_id="downloads")
                 recon_id_box = gr.Textbox(visible=False, elem_id="reconstruction-id")
+                panels_slot = gr.Column()  # Measure and Camera, filled once the controls exist
 
         depth_gallery = gr.Gallery(label="Per view: input, depth (near = warm), confidence (bright = sure)",
                                    columns=6, height="auto", object_fit="contain", elem_id="depth-gallery")
 
         # In the order of VIEW_CONTROL_NAMES.
         view_controls = [confidence_slider, branch_radio, frame_dropdown, cameras_checkbox, black_checkbox,
-                         white_checkbox, max_points_slider]
+                         white_checkbox, max_points_slider, sky_checkbox]
         # Everything a newly shown reconstruction sets; the view controls come last because a
         # share link may carry their values.
         scene_outputs = [viewer, summary, depth_gallery, frame_dropdown, recon_id_box, share_box, downloads,
                          confidence_slider, branch_radio, cameras_checkbox, black_checkbox, white_checkbox,
-                         max_points_slider]
+                         max_points_slider, sky_checkbox]
 
         def page_url(request: gr.Request | None) -> str:
             return page_url_from_request(request, settings.public_url)
@@ -873,36 +901,36 @@ def build_app(settings: AppSettings) -> gr.Blocks:
 
         @show_user_errors
         def reconstruct(files, fps, confidence, branch, frame, show_cameras, filter_black, filter_white,
-                        max_points, request: gr.Request, progress=gr.Progress()):
+                        max_points, hide_sky=False, request: gr.Request = None, progress=gr.Progress()):
             # Checked before the model runs, so bad controls cost no GPU time.
             view = view_settings_from_controls(confidence, branch, ALL_FRAMES_CHOICE, show_cameras, filter_black,
-                                               filter_white, max_points, num_frames=1)
+                                               filter_white, max_points, hide_sky, num_frames=1)
             new_id = service.reconstruct(files, fps, progress)
             progress(0.92, desc="Building the 3-D scene")
             return service.scene_outputs(new_id, view, page_url(request))
 
         @show_user_errors
         def update_view(recon_id, confidence, branch, frame, show_cameras, filter_black, filter_white, max_points,
-                        request: gr.Request):
+                        hide_sky=False, request: gr.Request = None):
             if not recon_id:
                 return gr.skip(), gr.skip(), gr.skip()  # nothing reconstructed yet
-            controls = [confidence, branch, frame, show_cameras, filter_black, filter_white, max_points]
+            controls = [confidence, branch, frame, show_cameras, filter_black, filter_white, max_points, hide_sky]
             return service.view_outputs(recon_id, controls, page_url(request))
 
         @show_user_errors
         def prepare_downloads(recon_id, confidence, branch, frame, show_cameras, filter_black, filter_white,
-                              max_points):
+                              max_points, hide_sky=False):
             if not recon_id:
                 raise InputError("Reconstruct something first; then its files can be downloaded.")
-            controls = [confidence, branch, frame, show_cameras, filter_black, filter_white, max_points]
+            controls = [confidence, branch, frame, show_cameras, filter_black, filter_white, max_points, hide_sky]
             return service.downloads(recon_id, controls)
 
         @show_user_errors
         def open_shared(link_or_id, confidence, branch, frame, show_cameras, filter_black, filter_white,
-                        max_points, request: gr.Request):
+                        max_points, hide_sky=False, request: gr.Request = None):
             # The current controls, unless the pasted link carries a view of its own.
             view = view_settings_from_controls(confidence, branch, ALL_FRAMES_CHOICE, show_cameras, filter_black,
-                                               filter_white, max_points, num_frames=1)
+                                               filter_white, max_points, hide_sky, num_frames=1)
             return service.scene_outputs(reconstruction_id_from_text(link_or_id), view, page_url(request),
                                          share_link_query(link_or_id))
 
@@ -943,6 +971,15 @@ def build_app(settings: AppSettings) -> gr.Blocks:
                           api_name="open_shared", concurrency_limit=4)
         demo.load(open_from_page_url, None, scene_outputs, api_visibility="private",
                   show_progress="minimal")
+
+        def show_scene(recon_id, controls, request):
+            """A stored (e.g. rescaled) reconstruction with the page's current view controls."""
+            view = view_settings_from_controls(*controls[:2], ALL_FRAMES_CHOICE, *controls[3:], num_frames=1)
+            return service.scene_outputs(recon_id, view, page_url(request))
+
+        with panels_slot:
+            MeasurePanel(store, show_scene, show_user_errors).build_and_wire(recon_id_box, view_controls, scene_outputs)
+            CameraPanel(store, show_scene, show_user_errors).build_and_wire(recon_id_box, view_controls, scene_outputs)
     return demo
 
 

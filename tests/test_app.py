@@ -160,7 +160,7 @@ def test_view_options_change_the_scene_without_rerunning(client, reconstructed):
 def test_downloads_load_back(client, reconstructed, tmp_path):
     files = client.predict(reconstructed["id"], *DEFAULT_VIEW, api_name="/export")
     by_name = {Path(f).name: Path(f) for f in files}
-    assert set(by_name) == {"scene.glb", "points.ply", "colmap.zip", "reconstruction.npz"}
+    assert set(by_name) == {"scene.glb", "points.ply", "colmap.zip", "reconstruction.npz", "depth_maps.zip"}
     expected_points = points_shown(reconstructed["summary"])
 
     glb = trimesh.load(by_name["scene.glb"], file_type="glb", force="scene")
@@ -208,7 +208,7 @@ def test_a_share_link_carries_the_view_it_was_copied_from(client, running_app, r
     glb_path, opened_summary, _, frames, recon_id, share = outputs[:6]
     assert recon_id == reconstructed["id"] and share["value"] == link
     assert opened_summary == summary and frames["value"] == "1: view_1.png"
-    assert outputs[7:] == (0, "point", False, False, False, 20_000)  # the other controls
+    assert outputs[7:] == (0, "point", False, False, False, 20_000, False)  # the other controls (last: hide sky)
     scene = trimesh.load(glb_path, file_type="glb", force="scene")
     assert not [name for name in scene.geometry if name.startswith("camera_")]
 
@@ -218,7 +218,7 @@ def test_invalid_view_settings_in_a_link_fall_back_to_defaults(client, reconstru
     outputs = client.predict(link, *DEFAULT_VIEW, api_name="/open_shared")
     # The scene opens with the defaults in place of the invalid settings; the valid one applies.
     assert points_shown(outputs[1]) == 12_345 and "depth branch" in outputs[1]
-    assert outputs[3]["value"] == "All" and outputs[7:] == (50, "depth", True, False, False, 12_345)
+    assert outputs[3]["value"] == "All" and outputs[7:] == (50, "depth", True, False, False, 12_345, False)
     assert outputs[5]["value"] == reconstructed["share"]["value"] + "&points=12345"
 
 

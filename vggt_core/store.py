@@ -256,6 +256,36 @@ class ReconstructionStore:
         self._cache.pop(recon_id, None)
         shutil.rmtree(self.root / recon_id, ignore_errors=True)
 
+    # ---- attachments (minimal version; the store's rewrite provides the full one)
+
+    ATTACHMENT_NAME_PATTERN = re.compile(r"[a-z0-9_.-]+")
+    ATTACHMENTS_DIR = "attachments"
+
+    def _attachment_path(self, recon_id: str, name: str) -> Path:
+        if not is_valid_reconstruction_id(recon_id):
+            raise ReconstructionNotFoundError(self.not_found_message())
+        if not self.ATTACHMENT_NAME_PATTERN.fullmatch(name) or name.strip(".") == "":
+            raise ValueError(f"invalid attachment name {name!r}")
+        return self.root / recon_id / self.ATTACHMENTS_DIR / name
+
+    def save_attachment(self, recon_id: str, name: str, data: bytes) -> None:
+        """Store ``data`` with an entry (written aside and renamed; inside the entry's folder, so
+        counted in its size and deleted with it)."""
+        path = self._attachment_path(recon_id, name)
+        self.npz_path(recon_id)  # waits for a background write; raises for unknown ids
+        path.parent.mkdir(exist_ok=True)
+        partial = path.with_name(f".{name}.{secrets.token_hex(4)}")
+        partial.write_bytes(data)
+        os.replace(partial, path)
+
+    def load_attachment(self, recon_id: str, name: str) -> bytes | None:
+        """The bytes saved under ``name`` for the entry, or None if absent."""
+        path = self._attachment_path(recon_id, name)
+        try:
+            return path.read_bytes()
+        except OSError:
+            return None
+
 
 def _folder_bytes(folder: Path) -> int:
     total = 0

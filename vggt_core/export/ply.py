@@ -27,9 +27,9 @@ PLY_VERTEX_DTYPE = np.dtype([
 _PLY_TYPE_NAMES = {np.dtype("<f4"): "float", np.dtype("u1"): "uchar"}
 
 
-def _header(num_points: int) -> bytes:
+def _header(num_points: int, comments: tuple[str, ...] = ()) -> bytes:
     lines = ["ply", "format binary_little_endian 1.0", "comment written by vggt_core",
-             f"element vertex {num_points}"]
+             *(f"comment {comment}" for comment in comments), f"element vertex {num_points}"]
     for name in PLY_VERTEX_DTYPE.names:
         lines.append(f"property {_PLY_TYPE_NAMES[PLY_VERTEX_DTYPE[name]]} {name}")
     lines.append("end_header")
@@ -37,7 +37,7 @@ def _header(num_points: int) -> bytes:
 
 
 def write_ply(path: str | os.PathLike, points: np.ndarray, colors: np.ndarray,
-              confidence: np.ndarray) -> Path:
+              confidence: np.ndarray, comments: tuple[str, ...] = ()) -> Path:
     """Write a binary little-endian PLY.
 
     Args:
@@ -45,6 +45,7 @@ def write_ply(path: str | os.PathLike, points: np.ndarray, colors: np.ndarray,
         points: ``[N, 3]`` positions (stored as float32).
         colors: ``[N, 3]`` uint8 RGB.
         confidence: ``[N]`` (stored as float32).
+        comments: extra one-line header comments (e.g. ``"units m"``).
 
     Returns:
         ``path`` as a :class:`Path`.
@@ -63,7 +64,7 @@ def write_ply(path: str | os.PathLike, points: np.ndarray, colors: np.ndarray,
     vertices["confidence"] = confidence
     target = Path(path)
     with open(target, "wb") as handle:
-        handle.write(_header(num_points))
+        handle.write(_header(num_points, tuple(" ".join(str(c).split()) for c in comments)))
         handle.write(vertices.tobytes())
     return target
 
@@ -72,4 +73,5 @@ def export_ply(recon: Reconstruction, path: str | os.PathLike,
                settings: ViewSettings = ViewSettings()) -> Path:
     """Write the points that pass ``settings`` (world coordinates, no viewer alignment)."""
     selection = select_points(recon, settings)
-    return write_ply(path, selection.points, selection.colors, selection.confidence)
+    return write_ply(path, selection.points, selection.colors, selection.confidence,
+                     comments=(f"units {recon.units or 'arbitrary'}", f"scale_factor {recon.scale_factor:.9g}"))
