@@ -19,4 +19,4 @@ def save_derived(store: ReconstructionStore, stored: StoredReconstruction, recon
     metadata = {key: value for key, value in stored.metadata.items() if key != "created_at"}
     metadata["derived_from"] = stored.id
     metadata["changes"] = [*stored.metadata.get("changes", []), change]
-    return store.save(recon, metadata, background=True)
+    return store.save(recon, metadata)  # returns once durable: its link is shown next

@@ -198,30 +198,54 @@ def _is_out_of_memory(error: BaseException) -> bool:
     return isinstance(error, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text)
 
 
-def reconstruct_frames(model: torch.nn.Module, frames: Sequence[InputFrame], *, mode: str = "crop",
-                       frames_chunk_size: int = DEFAULT_FRAMES_CHUNK_SIZE,
-                       progress: ProgressCallback | None = None) -> Reconstruction:
-    """Preprocess ``frames`` (``mode`` "crop" or "pad"), run the model and collect the result.
+@dataclass(frozen=True)
+class DecodedFrames:
+    """Frames read and preprocessed for the model (CPU work, done before the GPU is needed).
 
-    Raises ``InputError`` for unusable images and ``FrameLimitError`` when the frames do not fit
-    in the device's memory (checked before running, and on an out-of-memory error while running);
-    its message says how many frames would fit.
+    Attributes:
+        images: ``[S, 3, H, W]`` float32 in [0, 1].
+        transforms: ``S`` photo → model-input mappings.
+        names: ``S`` frame names.
+        exif_focal_lengths_px: ``S`` focal lengths from the photos' EXIF (None for video frames
+            and photos without the tags), read now because the files are gone once stored.
     """
-    report = progress if progress is not None else (lambda fraction, message: None)
+
+    images: torch.Tensor
+    transforms: list
+    names: list[str]
+    exif_focal_lengths_px: list[float | None]
+
+
+def decode_frames(frames: Sequence[InputFrame], *, mode: str = "crop") -> DecodedFrames:
+    """Read and preprocess ``frames`` (``mode`` "crop" or "pad"); no model involved.
+
+    Raises ``InputError`` for unusable images.
+    """
     if not frames:
         raise InputError("No frames to reconstruct.")
-    report(0.0, f"Preprocessing {len(frames)} frames")
     images, transforms = load_images([frame.source for frame in frames], mode=mode, return_transforms=True)
-    names = [frame.name for frame in frames]
+    focal_lengths = []
+    for frame in frames:
+        focal = None if isinstance(frame.source, Image.Image) else exif_focal_length_px(frame.source)
+        focal_lengths.append(None if focal is None else round(focal, 4))
+    return DecodedFrames(images, list(transforms), [frame.name for frame in frames], focal_lengths)
+
+
+def reconstruct_decoded(model: torch.nn.Module, decoded: DecodedFrames, *,
+                        frames_chunk_size: int = DEFAULT_FRAMES_CHUNK_SIZE,
+                        progress: ProgressCallback | None = None) -> Reconstruction:
+    """Run the model on frames from :func:`decode_frames` and collect the result.
+
+    Raises ``FrameLimitError`` when the frames do not fit in the device's memory (checked
+    before running, and on an out-of-memory error while running); its message says how many
+    frames would fit.
+    """
+    images, num_frames = decoded.images, len(decoded.names)
     height, width = images.shape[-2:]
-    check_frames_fit_in_memory(model, len(frames), height, width, frames_chunk_size)
-
-    def model_progress(fraction: float, message: str) -> None:
-        report(0.1 + 0.9 * fraction, message)
-
+    check_frames_fit_in_memory(model, num_frames, height, width, frames_chunk_size)
     try:
-        recon = reconstruct(model, images, frames_chunk_size=frames_chunk_size, progress=model_progress,
-                            frame_names=names, transforms=transforms)
+        recon = reconstruct(model, images, frames_chunk_size=frames_chunk_size, progress=progress,
+                            frame_names=decoded.names, transforms=decoded.transforms)
     except RuntimeError as error:  # torch.cuda.OutOfMemoryError is one too
         if not _is_out_of_memory(error):
             raise
@@ -230,11 +254,30 @@ def reconstruct_frames(model: torch.nn.Module, frames: Sequence[InputFrame], *, 
             torch.cuda.empty_cache()
         free_bytes = available_memory_bytes(device)
         available = None if free_bytes is None else resident_weight_bytes + free_bytes
-        raise FrameLimitError(_too_many_frames_message(model, len(frames), height, width, available)) from error
+        raise FrameLimitError(_too_many_frames_message(model, num_frames, height, width, available)) from error
     # Recorded for the camera options (vggt_core.intrinsics) and the summary: the photos' files
-    # are gone once the reconstruction is stored. Video frames have no EXIF.
+    # are gone once the reconstruction is stored.
     recon.info["intrinsics_source"] = "predicted"
-    recon.info["exif_focal_length_px"] = [
-        None if isinstance(frame.source, Image.Image) or (focal := exif_focal_length_px(frame.source)) is None
-        else round(focal, 4) for frame in frames]
+    recon.info["exif_focal_length_px"] = list(decoded.exif_focal_lengths_px)
     return recon
+
+
+def reconstruct_frames(model: torch.nn.Module, frames: Sequence[InputFrame], *, mode: str = "crop",
+                       frames_chunk_size: int = DEFAULT_FRAMES_CHUNK_SIZE,
+                       progress: ProgressCallback | None = None) -> Reconstruction:
+    """Preprocess ``frames`` (``mode`` "crop" or "pad"), run the model and collect the result:
+    :func:`decode_frames` then :func:`reconstruct_decoded`.
+
+    Raises ``InputError`` for unusable images and ``FrameLimitError`` when the frames do not fit
+    in the device's memory; its message says how many frames would fit.
+    """
+    report = progress if progress is not None else (lambda fraction, message: None)
+    if not frames:
+        raise InputError("No frames to reconstruct.")
+    report(0.0, f"Preprocessing {len(frames)} frames")
+    decoded = decode_frames(frames, mode=mode)
+
+    def model_progress(fraction: float, message: str) -> None:
+        report(0.1 + 0.9 * fraction, message)
+
+    return reconstruct_decoded(model, decoded, frames_chunk_size=frames_chunk_size, progress=model_progress)

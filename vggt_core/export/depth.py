@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..atomic_files import atomic_write_bytes, atomic_writer
 from ..reconstruction import Reconstruction
 
 __all__ = ["DEPTH_SCALE_FILE", "PNG_MAX", "depth_maps_at_original_resolution", "export_depth_maps",
@@ -78,8 +79,10 @@ def _png_depth_scale(recon: Reconstruction) -> float:
     return PNG_MAX / deepest if deepest > 0 else 1.0
 
 
-def export_depth_maps(recon: Reconstruction, directory: str | os.PathLike) -> dict[str, list[Path]]:
-    """Write every frame's depth and confidence at its photo's resolution into ``directory``.
+def export_depth_maps(recon: Reconstruction, directory: str | os.PathLike, *,
+                      durable: bool = True) -> dict[str, list[Path]]:
+    """Write every frame's depth and confidence at its photo's resolution into ``directory``
+    (each file atomically; ``durable=False`` skips the fsync).
 
     Returns:
         ``{"depth_npy": [...], "depth_png": [...], "confidence_npy": [...], "scale": [json]}``,
@@ -92,23 +95,26 @@ def export_depth_maps(recon: Reconstruction, directory: str | os.PathLike) -> di
     stems = frame_file_stems(recon.frame_names)
     for index, stem in enumerate(stems):
         depth, confidence = depth_maps_at_original_resolution(recon, index)
-        np.save(target / f"{stem}_depth.npy", depth)
-        np.save(target / f"{stem}_confidence.npy", confidence)
+        with atomic_writer(target / f"{stem}_depth.npy", durable=durable) as handle:
+            np.save(handle, depth)
+        with atomic_writer(target / f"{stem}_confidence.npy", durable=durable) as handle:
+            np.save(handle, confidence)
         valid = np.isfinite(depth) & (depth > 0)
         scaled = np.where(valid, depth, 0.0).astype(np.float64) * depth_scale
         # A valid depth never reads back as the "no depth" value 0.
         png = np.where(valid, np.clip(np.rint(scaled), 1, PNG_MAX), 0).astype(np.uint16)
-        Image.fromarray(png).save(target / f"{stem}_depth.png")
+        with atomic_writer(target / f"{stem}_depth.png", durable=durable) as handle:
+            Image.fromarray(png).save(handle, format="PNG")
         written["depth_npy"].append(target / f"{stem}_depth.npy")
         written["depth_png"].append(target / f"{stem}_depth.png")
         written["confidence_npy"].append(target / f"{stem}_confidence.npy")
     scale_file = target / DEPTH_SCALE_FILE
-    scale_file.write_text(json.dumps({
+    atomic_write_bytes(scale_file, json.dumps({
         "depth_scale": depth_scale,
         "meaning": "depth = png_value / depth_scale; png_value 0 means no depth (cropped away or invalid)",
         "units": recon.units or "arbitrary (VGGT's own scale)",
         "depth_kind": "z-depth along the camera axis",
         "frames": {name: stem for name, stem in zip(recon.frame_names, stems)},
-    }, indent=1), encoding="utf-8")
+    }, indent=1).encode("utf-8"), durable=durable)
     written["scale"].append(scale_file)
     return written
