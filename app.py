@@ -47,7 +47,7 @@ from vggt_core import DEFAULT_CHECKPOINT, VGGT, FrameLimitError, InputError, Wei
 from vggt_core import load_model, resolve_device
 from vggt_core.config import tiny_config
 from vggt_core.depth_maps import colorize_confidence_maps, colorize_depth_maps
-from vggt_core.derived_cache import DerivedFileCache, remove_stale_process_folders
+from vggt_core.derived_cache import CacheFullError, DerivedFileCache, remove_stale_process_folders
 from vggt_core.export import export_colmap, export_glb, export_ply, zip_folder
 from vggt_core.filtering import ViewSettings
 from vggt_core.images import open_image_rgb
@@ -360,7 +360,10 @@ class ViewRenderer:
     # Facts about rendered views (a few hundred bytes each) kept for the summary line.
     MAX_VIEW_RECORDS = 4096
 
-    def __init__(self, root: Path, max_bytes: int = 1024 * 10**6, serve_grace_s: float = 60.0):
+    # A download link may be clicked a while after it appeared: bundles are kept this long.
+    DOWNLOAD_GRACE_S = 120.0
+
+    def __init__(self, root: Path, max_bytes: int = 1024 * 10**6, serve_grace_s: float = 10.0):
         self.root = root
         self.cache = DerivedFileCache(root, max_bytes, serve_grace_s=serve_grace_s)
         self._views: OrderedDict[tuple[str, ViewSettings], RenderedView] = OrderedDict()
@@ -416,16 +419,17 @@ class ViewRenderer:
         One ``.npz`` per reconstruction is shared by every view's bundle.
         """
         bundle = f"export-{_settings_digest(settings)}"
-        files = []
-        with self.cache.build(stored.id, f"{bundle}/scene.glb") as (partial, existing):
+        keep = {"grace_s": self.DOWNLOAD_GRACE_S}
+        names = [f"{bundle}/scene.glb", f"{bundle}/points.ply", f"{bundle}/colmap.zip", "npz/reconstruction.npz"]
+        if not all(self.cache.get(stored.id, name) for name in names):
+            self.cache.require_room()  # a new bundle may push the cap over, never a second one
+        with self.cache.build(stored.id, f"{bundle}/scene.glb", **keep) as (partial, existing):
             if existing is None:
                 export_glb(stored.reconstruction, partial, settings, durable=False)
-        files.append(self.cache.path(stored.id, f"{bundle}/scene.glb"))
-        with self.cache.build(stored.id, f"{bundle}/points.ply") as (partial, existing):
+        with self.cache.build(stored.id, f"{bundle}/points.ply", **keep) as (partial, existing):
             if existing is None:
                 export_ply(stored.reconstruction, partial, settings, durable=False)
-        files.append(self.cache.path(stored.id, f"{bundle}/points.ply"))
-        with self.cache.build(stored.id, f"{bundle}/colmap.zip") as (partial, existing):
+        with self.cache.build(stored.id, f"{bundle}/colmap.zip", **keep) as (partial, existing):
             if existing is None:
                 # The unzipped model is a temporary folder inside the cache, gone after zipping.
                 model_dir = partial.with_name(partial.name + ".model")
@@ -434,12 +438,10 @@ class ViewRenderer:
                     zip_folder(model_dir, partial, durable=False)
                 finally:
                     shutil.rmtree(model_dir, ignore_errors=True)
-        files.append(self.cache.path(stored.id, f"{bundle}/colmap.zip"))
-        with self.cache.build(stored.id, "npz/reconstruction.npz") as (partial, existing):
+        with self.cache.build(stored.id, "npz/reconstruction.npz", **keep) as (partial, existing):
             if existing is None:
                 npz_source(partial)
-        files.append(self.cache.path(stored.id, "npz/reconstruction.npz"))
-        return [str(path) for path in files]
+        return [str(self.cache.path(stored.id, name)) for name in names]
 
     def forget(self, recon_id: str) -> None:
         with self._lock:
@@ -644,7 +646,7 @@ def show_user_errors(handler: Callable) -> Callable:
                 message = f"{message}\n{CHECKPOINT_HINT}"
             logger.warning("weights unavailable: %s", error)
             raise gr.Error(user_message(message), duration=None) from None
-        except (FrameLimitError, InputError, StoreError) as error:
+        except (FrameLimitError, InputError, StoreError, CacheFullError) as error:
             raise gr.Error(user_message(str(error))) from None
         except Exception:
             logger.exception("unexpected error in %s", handler.__name__)
