@@ -361,7 +361,7 @@ class ViewRenderer:
     MAX_VIEW_RECORDS = 4096
 
     # A download link may be clicked a while after it appeared: bundles are kept this long.
-    DOWNLOAD_GRACE_S = 120.0
+    DOWNLOAD_GRACE_S = 60.0
 
     def __init__(self, root: Path, max_bytes: int = 1024 * 10**6, serve_grace_s: float = 10.0):
         self.root = root
