@@ -1025,8 +1025,27 @@ def build_app(settings: AppSettings) -> gr.Blocks:
     return demo
 
 
+def limit_malloc_arenas(arenas: int = 2) -> bool:
+    """Cap glibc's malloc arenas (as ``MALLOC_ARENA_MAX`` would), unless the operator set that.
+
+    Every worker thread otherwise gets its own arena, and the large short-lived numpy arrays of
+    view changes leave each one fragmented: in the 8-user soak test RSS reached 2.6 GB after 4
+    minutes (and kept growing) without this, 1.8 GB (flat) with it. A no-op off glibc. Returns whether the cap was set.
+    """
+    if os.environ.get("MALLOC_ARENA_MAX"):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(-8, arenas))  # M_ARENA_MAX
+    except (OSError, AttributeError):
+        return False
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     settings = parse_settings(argv)
+    limit_malloc_arenas()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if settings.is_untrained:
         logger.warning("running with %s: an untrained model, results are meaningless", RANDOM_TINY_CHECKPOINT)

@@ -19,7 +19,6 @@ import json
 import os
 import random
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -187,6 +186,28 @@ def user_loop(index: int, url: str, photo_sets, recorder: Recorder, links: list[
             recorder.call("open_others_link", predict_and_fetch, other, *view(50), api_name="/open_shared")
 
 
+def viewer_loop(index: int, url: str, recorder: Recorder, links: list[str], links_lock, stop_at: float) -> None:
+    """A visitor who only opens share links and changes their view (no reconstructions)."""
+    rng = random.Random(1000 + index)
+    http = httpx.Client()
+    client = recorder.call("connect", Client, url, verbose=False, download_files=False)
+    if client is None:
+        return
+    while time.monotonic() < stop_at:
+        with links_lock:
+            known = list(links)
+        if not known:
+            time.sleep(0.5)
+            continue
+        link = rng.choice(known)
+        result = recorder.call("viewer_open_link", lambda: client.predict(link, *view(50), api_name="/open_shared"))
+        if result:
+            fetch_files(http, result[0])
+        settings = view(rng.choice([0, 25, 75, 90]), rng.choice([20_000, 100_000, DEFAULT_MAX_POINTS]))
+        recorder.call("viewer_update_view",
+                      lambda: fetch_files(http, client.predict(link, *settings, api_name="/update_view")[0]))
+
+
 def percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
@@ -198,6 +219,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--minutes", type=float, default=5.0)
     parser.add_argument("--rounds", type=int, default=1000, help="most rounds per user")
     parser.add_argument("--view-changes", type=int, default=4)
+    parser.add_argument("--viewers", type=int, default=0,
+                        help="extra users who only open links and change views while the others reconstruct")
     parser.add_argument("--sample-s", type=float, default=30.0, help="seconds between resource samples")
     parser.add_argument("--cache-max-mb", type=float, default=256.0, help="for the server this script starts")
     parser.add_argument("--url", help="an app already running on 127.0.0.1 (default: start one)")
@@ -247,6 +270,9 @@ def main(argv: list[str] | None = None) -> None:
                               args=(index, url, photo_sets, recorder, links, links_lock, stop_at, args.rounds,
                                     args.view_changes, work / f"downloads-{index}"))
              for index in range(args.users)]
+    users += [threading.Thread(target=viewer_loop, daemon=True,
+                               args=(index, url, recorder, links, links_lock, stop_at))
+              for index in range(args.viewers)]
     for user in users:
         user.start()
     try:
@@ -264,7 +290,7 @@ def main(argv: list[str] | None = None) -> None:
             except subprocess.TimeoutExpired:
                 server.kill()
 
-    print(f"\n{args.users} users for {(time.monotonic() - started) / 60:.1f} min against {url}")
+    print(f"\n{args.users} users (+{args.viewers} viewers) for {(time.monotonic() - started) / 60:.1f} min against {url}")
     print(f"{'endpoint':18s} {'calls':>6s} {'errors':>6s} {'p50 s':>7s} {'p95 s':>7s} {'max s':>7s}")
     summary = {}
     for endpoint in sorted(set(recorder.latencies) | set(recorder.errors)):
