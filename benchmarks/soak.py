@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--viewers", type=int, default=0,
                         help="extra users who only open links and change views while the others reconstruct")
     parser.add_argument("--sample-s", type=float, default=30.0, help="seconds between resource samples")
-    parser.add_argument("--cache-max-mb", type=float, default=256.0, help="for the server this script starts")
+    parser.add_argument("--cache-max-mb", type=float, default=1024.0, help="for the server this script starts")
     parser.add_argument("--url", help="an app already running on 127.0.0.1 (default: start one)")
     parser.add_argument("--server-pid", type=int, help="with --url: the server's pid, for RSS and threads")
     parser.add_argument("--storage-dir", type=Path, help="with --url: its storage folder, for disk use")
