@@ -43,8 +43,12 @@ def test_quantized_views_are_a_quarter_smaller_and_draw_the_same_points(tmp_path
     expected, decoded = world_points(plain.path), world_points(small.path)
     extent = np.ptp(expected, axis=0).max()
     assert np.abs(decoded - expected).max() <= extent / 32767  # within one quantization step
-    gltf, _ = _read_glb(small.path.read_bytes())
+    gltf, binary = _read_glb(small.path.read_bytes())
     assert QUANTIZATION_EXTENSION in gltf["extensionsRequired"]
+    accessor = gltf["accessors"][gltf["meshes"][0]["primitives"][0]["attributes"]["POSITION"]]
+    view = gltf["bufferViews"][accessor["bufferView"]]
+    raw = np.frombuffer(binary, "<i2", accessor["count"] * 4, view["byteOffset"]).reshape(-1, 4)[:, :3]
+    assert accessor["min"] == raw.min(axis=0).tolist() and accessor["max"] == raw.max(axis=0).tolist()
     assert [m["name"] for m in gltf["meshes"]][:2] == ["points", "camera_000"]  # frustums untouched
     # A valid GLB container: the declared length is the file's.
     data = small.path.read_bytes()

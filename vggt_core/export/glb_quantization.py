@@ -84,13 +84,19 @@ def quantize_point_positions(data: bytes, mesh_name: str = "points") -> bytes:
     view = gltf["bufferViews"][view_index]
     start = view.get("byteOffset", 0) + accessor.get("byteOffset", 0)
     positions = np.frombuffer(binary, dtype="<f4", count=accessor["count"] * 3, offset=start).reshape(-1, 3)
-    positions = positions.astype(np.float64)
 
-    low, high = positions.min(axis=0), positions.max(axis=0)
+    if "min" in accessor and "max" in accessor:  # glTF writers record the bounds (trimesh does)
+        low, high = np.asarray(accessor["min"], np.float64), np.asarray(accessor["max"], np.float64)
+    else:
+        low, high = positions.min(axis=0).astype(np.float64), positions.max(axis=0).astype(np.float64)
     center, half = (low + high) / 2.0, (high - low) / 2.0
     half[~(half > 0)] = 1.0  # a flat axis (or a single point)
+    # float32 arithmetic: a step is 1/65534 of the box, far above float32's rounding.
+    scaled = (positions - center.astype(np.float32)) * (_INT16_MAX / half).astype(np.float32)
+    np.rint(scaled, out=scaled)
+    np.clip(scaled, -_INT16_MAX, _INT16_MAX, out=scaled)
     quantized = np.zeros((len(positions), 4), dtype="<i2")  # the 4th is padding to 8 bytes
-    quantized[:, :3] = np.clip(np.round((positions - center) / half * _INT16_MAX), -_INT16_MAX, _INT16_MAX)
+    quantized[:, :3] = scaled
     dequantize = np.eye(4)
     dequantize[:3, :3] = np.diag(half)
     dequantize[:3, 3] = center
@@ -112,9 +118,9 @@ def quantize_point_positions(data: bytes, mesh_name: str = "points") -> bytes:
         packed.append(chunk)
         offset += len(chunk)
     view.update(byteStride=8, target=34962)
+    bounds = np.clip(np.rint((np.stack([low, high]) - center) / half * _INT16_MAX), -_INT16_MAX, _INT16_MAX)
     accessor.update(componentType=_SHORT, normalized=True, byteOffset=0,
-                    min=quantized[:, :3].min(axis=0).astype(int).tolist(),
-                    max=quantized[:, :3].max(axis=0).astype(int).tolist())
+                    min=bounds[0].astype(int).tolist(), max=bounds[1].astype(int).tolist())
     for node in gltf.get("nodes", []):
         if node.get("mesh") == mesh_index:
             matrix = _node_matrix(node) @ dequantize
