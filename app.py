@@ -8,9 +8,9 @@ and a share link out.
 Importing this module starts nothing: ``build_app(settings)`` returns the ``gr.Blocks`` and
 ``main(argv)`` launches it. The app only uses the public API of ``vggt_core``.
 
-How a request flows: the uploaded files become frames (``gather_input_frames``), the model runs
-once (``reconstruct_frames``), and the resulting ``Reconstruction`` is stored under an
-unguessable id. Everything after that (moving a display slider, downloading, opening the share
+How a request flows: the uploaded files become frames (``gather_input_frames``, ``decode_frames``),
+the model runs once (``run_model``, the only step that holds the GPU), and the resulting
+``Reconstruction`` is stored under an unguessable id; its share link is shown once it is durable. Everything after that (moving a display slider, downloading, opening the share
 link in another browser) works from the stored reconstruction and never runs the model again.
 """
 
