@@ -22,6 +22,7 @@ import dataclasses
 import functools
 import hashlib
 import html
+import io
 import json
 import logging
 import os
@@ -444,6 +445,18 @@ class ViewRenderer:
                 npz_source(partial)
         return [str(self.cache.path(stored.id, name)) for name in names]
 
+    def picture_file(self, image: Image.Image) -> str:
+        """A JPEG of ``image`` in the cache (named by its content), so that preview thumbnails,
+        too, count towards the cap instead of piling up in Gradio's own folder."""
+        buffer = io.BytesIO()
+        image.convert("RGB").save(buffer, format="JPEG", quality=85)
+        data = buffer.getvalue()
+        name = f"{hashlib.sha256(data).hexdigest()[:24]}.jpg"
+        with self.cache.build("previews", name) as (partial, existing):
+            if existing is None:
+                partial.write_bytes(data)
+        return str(self.cache.path("previews", name))
+
     def forget(self, recon_id: str) -> None:
         with self._lock:
             for key in [key for key in self._views if key[0] == recon_id]:
@@ -696,14 +709,14 @@ class ReconstructionService:
 
     # ---- before running
 
-    def preview(self, files: Any, fps: float) -> tuple[list[tuple[Image.Image, str]], str]:
-        """Frames that would be reconstructed, as small thumbnails, and a one-line status."""
+    def preview(self, files: Any, fps: float) -> tuple[list[tuple[str, str]], str]:
+        """Frames that would be reconstructed, as small thumbnail files, and a one-line status."""
         try:
             paths = self._checked_paths(files)
             if not paths:
                 return [], ""
             frames = gather_input_frames(paths, fps=float(fps), max_frames=self.settings.max_frames)
-            thumbnails = [(_thumbnail(frame), frame.name) for frame in frames]
+            thumbnails = [(self.renderer.picture_file(_thumbnail(frame)), frame.name) for frame in frames]
         except (InputError, WeightsUnavailableError) as error:
             # A warning rather than an error: the upload stays in place so the user can fix it.
             gr.Warning(user_message(str(error)))
