@@ -7,6 +7,7 @@ exercised.
 
 from __future__ import annotations
 
+import functools
 import re
 import subprocess
 import sys
@@ -398,9 +399,27 @@ def test_a_view_being_served_is_not_evicted(tmp_path, small_reconstruction):
     served = [renderer.view(stored, setting) for setting in settings]
     # Each was just handed to the web server, which fetches it moments later: all kept for now.
     assert all(view.glb_path.is_file() for view in served)
-    renderer.cache.serve_grace_s = 0
+    later = time.monotonic() + 31
+    renderer.cache.clock = lambda: later  # the web server has fetched them by now
     renderer.cache.evict()
     assert not any(view.glb_path.is_file() for view in served)
+
+
+def test_download_bundles_are_refused_rather_than_overfill_the_cap(tmp_path, small_reconstruction):
+    store = app.ReconstructionStore(tmp_path / "store", ttl_seconds=3600, max_bytes=10**9)
+    recon_id = store.save(small_reconstruction)
+    stored = store.load(recon_id)
+    renderer = app.ViewRenderer(tmp_path / "cache", max_bytes=1)
+    settings = [app.view_settings_from_controls(conf, "depth", "All", True, False, False, 1000, num_frames=2)
+                for conf in (10, 50)]
+    copy_npz = functools.partial(store.copy_npz, recon_id)
+    renderer.downloads(stored, copy_npz, settings[0])  # one bundle may go over a full cap ...
+    with pytest.raises(app.CacheFullError, match="try again in a minute"):
+        renderer.downloads(stored, copy_npz, settings[1])  # ... a second one waits for room
+    assert renderer.downloads(stored, copy_npz, settings[0])  # the ready one is still served
+    later = time.monotonic() + renderer.DOWNLOAD_GRACE_S + 1
+    renderer.cache.clock = lambda: later
+    assert renderer.downloads(stored, copy_npz, settings[1])
 
 
 def test_parallel_identical_downloads_build_each_file_once(tmp_path, small_reconstruction):

@@ -169,7 +169,9 @@ class VGGTConfig:
         return dataclasses.asdict(self)
 
     def to_json(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2), encoding="utf-8")
+        from .atomic_files import atomic_write_bytes  # every file is written through it
+
+        atomic_write_bytes(Path(path), json.dumps(self.to_dict(), indent=2).encode("utf-8"))
 
     # ----------------------------------------------------------------------------- checks
     def validate(self) -> None:

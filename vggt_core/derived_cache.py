@@ -4,9 +4,11 @@ kept under a byte cap, least recently used first out.
 Everything in it can be rebuilt from a stored reconstruction, so it is never durable (no
 ``fsync``) and is wiped when the process starts again. A file that was just handed to a client
 (the web server serves it moments later) or that a request is still using is *pinned*: it is
-not evicted until ``serve_grace_s`` after its last hand-out. If pinned files alone exceed the
-cap the folder goes over it for that long rather than break a page that is loading. See
-docs/store.md, "Derived files".
+not evicted until ``serve_grace_s`` after its last hand-out (a browser fetches a view at once;
+a download link may be clicked minutes later, so bundles are built with a longer grace). If
+protected files alone exceed the cap, the folder goes over it for that long rather than break a
+page that is loading; big optional builds (download bundles) call :meth:`require_room` first
+and are refused with :class:`CacheFullError` instead. See docs/store.md, "Derived files".
 """
 
 from __future__ import annotations
@@ -24,15 +26,20 @@ from pathlib import Path
 
 from .atomic_files import atomic_path
 
-__all__ = ["DerivedFileCache", "remove_stale_process_folders"]
+__all__ = ["CacheFullError", "DerivedFileCache", "remove_stale_process_folders"]
 
 logger = logging.getLogger(__name__)
+
+
+class CacheFullError(RuntimeError):
+    """Recently served files fill the cap; ``str()`` is a message for the user."""
 
 
 @dataclass
 class _CachedFile:
     size: int
-    handed_out_at: float
+    keep_until: float  # not evicted before this (clock time): it was just handed out
+    grace_s: float
     pins: int = 0
 
 
@@ -44,7 +51,7 @@ class DerivedFileCache:
     :meth:`build`, so parallel identical requests write it once.
     """
 
-    def __init__(self, root: str | os.PathLike, max_bytes: int, *, serve_grace_s: float = 60.0,
+    def __init__(self, root: str | os.PathLike, max_bytes: int, *, serve_grace_s: float = 10.0,
                  clock: Callable[[], float] = time.monotonic):
         self.root = Path(root)
         self.max_bytes = int(max_bytes)
@@ -72,18 +79,19 @@ class DerivedFileCache:
                 self._forget(path)
                 return None
             self._files.move_to_end(path)
-            entry.handed_out_at = self.clock()
+            entry.keep_until = self.clock() + entry.grace_s
         with contextlib.suppress(OSError):
             os.utime(path)  # the web server's own cleaner ages files by their change time
         return path
 
     @contextlib.contextmanager
-    def build(self, group: str, name: str) -> Iterator[tuple[Path, Path | None]]:
+    def build(self, group: str, name: str, *, grace_s: float | None = None) -> Iterator[tuple[Path, Path | None]]:
         """Serialise building one file: yields ``(temporary path, existing file or None)``.
 
         If ``existing`` is a path, another request built the file meanwhile: use it. Whatever is
         written to the temporary path becomes the cached file when the block ends without error
-        (nothing written: nothing changes); it is counted, and older files are evicted to fit.
+        (nothing written: nothing changes); it is counted, protected for ``grace_s`` (default
+        ``serve_grace_s``) after each hand-out, and older files are evicted to fit.
         """
         path = self.path(group, name)
         with self._lock:
@@ -95,16 +103,17 @@ class DerivedFileCache:
                 yield temporary, existing
                 wrote = temporary.exists()
             if wrote:
-                self.add(path)
+                self.add(path, grace_s=grace_s)
 
-    def add(self, path: Path) -> None:
+    def add(self, path: Path, *, grace_s: float | None = None) -> None:
         """Count a file written under :attr:`root` (handed out now) and evict to fit the cap."""
         size = path.stat().st_size
+        grace = self.serve_grace_s if grace_s is None else float(grace_s)
         with self._lock:
             entry = self._files.pop(path, None)
             if entry is not None:
                 self._total -= entry.size
-            self._files[path] = _CachedFile(size, self.clock())
+            self._files[path] = _CachedFile(size, self.clock() + grace, grace)
             self._total += size
         self.evict()
 
@@ -122,9 +131,19 @@ class DerivedFileCache:
                 now = self.clock()
                 for entry in held:
                     entry.pins -= 1
-                    entry.handed_out_at = now
+                    entry.keep_until = max(entry.keep_until, now + entry.grace_s)
 
     # ---- size
+
+    def require_room(self) -> None:
+        """Evict what may go; raise if the cap is still full (of files just handed out).
+
+        Raises:
+            CacheFullError: with a message for the user.
+        """
+        self.evict()
+        if self._total > self.max_bytes:
+            raise CacheFullError("The server is preparing many downloads right now; please try again in a minute.")
 
     @property
     def total_bytes(self) -> int:
@@ -138,7 +157,7 @@ class DerivedFileCache:
             for path, entry in list(self._files.items()):
                 if self._total <= self.max_bytes:
                     break
-                if entry.pins > 0 or now - entry.handed_out_at < self.serve_grace_s:
+                if entry.pins > 0 or now < entry.keep_until:
                     continue
                 self._forget(path)
                 removed.append(path)

@@ -530,11 +530,14 @@ def save_scene_images(scene: SyntheticScene, directory: str | Path) -> list[Path
     """
     from PIL import Image  # local import: rendering itself needs only numpy
 
+    from .atomic_files import atomic_path
+
     target = Path(directory)
     target.mkdir(parents=True, exist_ok=True)
     paths = []
     for index, image in enumerate(scene.images):
         path = target / f"{index:03d}.png"
-        Image.fromarray(image).save(path)
+        with atomic_path(path, durable=False) as partial:
+            Image.fromarray(image).save(partial, format="PNG")
         paths.append(path)
     return paths

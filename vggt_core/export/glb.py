@@ -19,6 +19,7 @@ from .. import geometry
 from ..atomic_files import atomic_write_bytes
 from ..filtering import PointSelection, ViewSettings, evenly_spaced_subset, select_points
 from ..reconstruction import Reconstruction
+from .glb_quantization import quantize_point_positions
 
 __all__ = [
     "GlbExport",
@@ -239,13 +240,22 @@ def build_scene(recon: Reconstruction, settings: ViewSettings = ViewSettings(),
 
 
 def export_glb(recon: Reconstruction, path: str | os.PathLike,
-               settings: ViewSettings = ViewSettings(), *, durable: bool = True) -> GlbExport:
+               settings: ViewSettings = ViewSettings(), *, durable: bool = True,
+               quantize: bool = False) -> GlbExport:
     """Write :func:`build_scene` as a ``.glb`` file (atomically; ``durable=False`` skips the
-    fsync, for files that are rebuilt after a crash anyway) and report what it shows."""
+    fsync, for files that are rebuilt after a crash anyway) and report what it shows.
+
+    ``quantize`` stores the point positions as 16-bit integers (12 instead of 16 bytes per
+    point, see :mod:`vggt_core.export.glb_quantization`); viewers without glTF's
+    ``KHR_mesh_quantization`` cannot read such a file.
+    """
     selection = select_points(recon, settings)
     scene = build_scene(recon, settings, selection)
     target = Path(path)
-    atomic_write_bytes(target, scene.export(file_type="glb"), durable=durable)
+    data = scene.export(file_type="glb")
+    if quantize:
+        data = quantize_point_positions(data)
+    atomic_write_bytes(target, data, durable=durable)
     return GlbExport(path=target, num_points=selection.num_points,
                      num_cameras=int(scene.metadata["num_cameras"]),
                      confidence_threshold=float(selection.threshold), branch=selection.branch)
