@@ -1,0 +1,15 @@
+"""Fine-tuning VGGT: ground-truth normalisation, the reference's losses, scene data, a trainer.
+
+See docs/training.md. The public entry points:
+
+- :func:`normalize_ground_truth`: batch → batch in the frame-0 camera frame, mean distance 1.
+- :func:`compute_losses`: predictions + normalised batch → every loss term and ``objective``.
+- :class:`LossConfig`: every weight and constant (reference defaults; ``LossConfig.paper()``).
+"""
+
+from .camera_loss import ground_truth_pose_encoding
+from .losses import compute_losses
+from .loss_config import LossConfig
+from .normalization import normalize_ground_truth
+
+__all__ = ["LossConfig", "compute_losses", "ground_truth_pose_encoding", "normalize_ground_truth"]
