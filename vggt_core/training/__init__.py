@@ -11,5 +11,6 @@ from .camera_loss import ground_truth_pose_encoding
 from .losses import compute_losses
 from .loss_config import LossConfig
 from .normalization import normalize_ground_truth
+from .dataset import SceneDataset
 
-__all__ = ["LossConfig", "compute_losses", "ground_truth_pose_encoding", "normalize_ground_truth"]
+__all__ = ["LossConfig", "SceneDataset", "compute_losses", "ground_truth_pose_encoding", "normalize_ground_truth"]

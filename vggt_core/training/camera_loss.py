@@ -43,10 +43,13 @@ def camera_losses(pose_enc_list: list[torch.Tensor], batch: dict, config: LossCo
     Args:
         pose_enc_list: K tensors ``[B,S,9]``, one per refinement stage (first to last).
         batch: normalised batch; ``point_masks [B,S,H,W]`` decides which sequences count: those
-            whose frame 0 has more than ``camera_min_frame0_pixels`` valid pixels.
+            whose frame 0 has more than ``camera_min_frame0_pixels`` valid pixels, and camera-only
+            sequences (``depth_available`` False, when the key is present).
     """
     gt = ground_truth_pose_encoding(batch).to(pose_enc_list[0].device)
     frame0_valid = batch["point_masks"][:, 0].flatten(1).sum(dim=1) > config.camera_min_frame0_pixels
+    if "depth_available" in batch:
+        frame0_valid = frame0_valid | ~batch["depth_available"].bool().to(frame0_valid.device)
     frame0_valid = frame0_valid.to(pose_enc_list[0].device)
     stages = len(pose_enc_list)
     totals = [0.0, 0.0, 0.0]

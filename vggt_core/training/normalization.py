@@ -33,11 +33,17 @@ def normalize_ground_truth(batch: dict) -> dict:
         ``cam_points`` and ``depths`` divided by ``s_b``; non-finite results become 0. ``s_b`` is the
         mean distance of the valid points from the first camera (clamped to [1e-6, 1e6]; an empty
         sequence gets 1e-6, and the losses ignore it).
+
+        An optional ``depth_available [B]`` bool marks camera-only sequences (e.g. a COLMAP model
+        without dense depth): their scale is the mean distance of the camera centres from the
+        first camera instead (1 if they coincide). Without the key every sequence uses its points,
+        exactly as the reference.
     """
     extrinsics = batch["extrinsics"].float()
     world_points = batch["world_points"].float()
     masks = batch["point_masks"].bool()
     batch_size = extrinsics.shape[0]
+    depth_available = batch.get("depth_available")
 
     homogeneous_row = torch.zeros(extrinsics.shape[:-2] + (1, 4), dtype=extrinsics.dtype)
     homogeneous_row[..., 0, 3] = 1.0
@@ -56,6 +62,8 @@ def normalize_ground_truth(batch: dict) -> dict:
         mask = masks[b].to(points.dtype)
         distance_sum = (points.norm(dim=-1) * mask).sum()
         scale = (distance_sum / (mask.sum() + SCALE_DENOMINATOR_EPS)).clamp(SCALE_MIN, SCALE_MAX)
+        if depth_available is not None and not bool(depth_available[b]):
+            scale = _camera_centre_scale(relative)
 
         relative = relative[:, :3].clone()
         relative[:, :, 3] = relative[:, :, 3] / scale
@@ -70,3 +78,14 @@ def normalize_ground_truth(batch: dict) -> dict:
     normalised["cam_points"] = replace_non_finite(torch.stack(new_cam_points))
     normalised["depths"] = replace_non_finite(torch.stack(new_depths))
     return normalised
+
+
+def _camera_centre_scale(relative_extrinsics: torch.Tensor) -> torch.Tensor:
+    """Mean distance of the camera centres from camera 0. relative_extrinsics: ``[S, 4, 4]``."""
+    rotations = relative_extrinsics[:, :3, :3]
+    translations = relative_extrinsics[:, :3, 3]
+    centres = -(rotations.transpose(1, 2) @ translations[..., None])[..., 0]
+    scale = centres.norm(dim=-1).mean()
+    if not torch.isfinite(scale) or scale < SCALE_MIN:
+        return torch.ones((), dtype=relative_extrinsics.dtype)
+    return scale.clamp(SCALE_MIN, SCALE_MAX)
