@@ -14,6 +14,7 @@ CAMERA_LOSS_TYPES = ("l1", "l2", "huber")
 # Gradient-term names follow the reference: "grad" (depth gradients), "normal" (surface normals);
 # a name containing "conf" weights the term by the confidence, anything else disables it.
 GRADIENT_LOSS_TYPES = ("grad", "grad_conf", "normal", "normal_conf", "none")
+PAPER_TRACK_WEIGHT = 0.05  # the paper's λ for the tracking term
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,8 @@ class LossConfig:
     normal_loss_scales: int = 3           # steps 1, 2, 4
     normal_min_valid: int = 10
 
-    # Track loss (the paper's form; off by default as in the reference).
+    # Track loss (the paper's form; off by default as in the reference). When it is switched on
+    # (compute_losses(track=True) or --track-loss) the trainer uses the paper's weight.
     track_weight: float = 0.0
     track_gamma: float = 0.8
     track_vis_weight: float = 1.0

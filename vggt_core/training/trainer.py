@@ -21,7 +21,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .checkpoints import BrokenCheckpointError, build_model, load_training_state, save_checkpoint
 from .dataset import SceneDataset
-from .loss_config import LossConfig
+from .loss_config import PAPER_TRACK_WEIGHT, LossConfig
 from .losses import compute_losses
 from .normalization import normalize_ground_truth
 from .optimization import accumulation_chunks, clip_gradients, clip_groups, freeze_modules, slice_batch
@@ -33,7 +33,7 @@ METRICS_FILE = "metrics.csv"
 LOSS_COLUMNS = ("objective", "loss_camera", "loss_T", "loss_R", "loss_FL", "loss_conf_depth", "loss_reg_depth",
                 "loss_grad_depth", "loss_conf_point", "loss_reg_point", "loss_grad_point", "loss_track", "loss_vis")
 TENSOR_BATCH_KEYS = ("images", "depths", "extrinsics", "intrinsics", "cam_points", "world_points", "point_masks",
-                     "depth_available", "tracks", "track_vis_mask")
+                     "depth_available", "tracks", "track_vis_mask", "track_positive_mask")
 
 
 @dataclass
@@ -109,10 +109,9 @@ class Trainer:
             raise ValueError("nothing to train: every parameter is frozen")
         self.groups = clip_groups(self.model)
         self.optimizer = torch.optim.AdamW(self.trainable, lr=settings.lr, weight_decay=settings.weight_decay)
-        track_weight = 1.0 if settings.track_loss else 0.0
-        self.loss_config = settings.loss_config or LossConfig(track_weight=track_weight)
+        self.loss_config = settings.loss_config or LossConfig()
         if settings.track_loss and self.loss_config.track_weight == 0:
-            self.loss_config = self.loss_config.replace(track_weight=1.0)
+            self.loss_config = self.loss_config.replace(track_weight=PAPER_TRACK_WEIGHT)
         if settings.point_loss and self.model.point_head is None:
             raise ValueError("--point-loss needs a model with the point head (enable_point)")
         if settings.track_loss and self.model.track_head is None:
