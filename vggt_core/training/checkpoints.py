@@ -31,11 +31,18 @@ def _atomic_write(path: Path, write) -> None:
     os.close(handle)
     try:
         write(temp_name)
+        os.chmod(temp_name, 0o666 & ~_current_umask())  # mkstemp makes 0600; give the usual mode
         os.replace(temp_name, path)
     except BaseException:
         if os.path.exists(temp_name):
             os.unlink(temp_name)
         raise
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def save_checkpoint(model: VGGT, directory: str | os.PathLike, *, step: int, training_state: dict | None = None) -> Path:
