@@ -177,3 +177,18 @@ def test_bad_folders_give_clear_messages(tmp_path):
         SceneDataset(tmp_path / "missing")
     with pytest.raises(ValueError, match="holds no scene"):
         SceneDataset(tmp_path)
+
+
+def test_masks_and_missing_depth(tmp_path, scene):
+    from vggt_core.training.scene_sources import write_scene_folder
+
+    masks = np.ones(scene.depth.shape, dtype=bool)
+    masks[:, :, :20] = False  # e.g. a moving object or the sky: not supervised
+    write_scene_folder(tmp_path / "masked", scene.images, scene.extrinsics, scene.intrinsics, depths=scene.depth,
+                       masks=masks)
+    dataset = SceneDataset(tmp_path / "masked", frames_per_scene=2, image_width=84, augment=False, seed=0)
+    image, depth = dataset.scenes[0].frames[0].load()
+    assert (depth[:, :20] == 0).all() and (depth[:, 20:] == scene.depth[0][:, 20:]).all()
+    write_scene_folder(tmp_path / "cameras_only", scene.images, scene.extrinsics, scene.intrinsics)
+    sample = SceneDataset(tmp_path / "cameras_only", frames_per_scene=2, image_width=56).sample(0, 2, 0.5)
+    assert not bool(sample["depth_available"]) and not sample["point_masks"].any()

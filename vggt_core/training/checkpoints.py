@@ -45,7 +45,8 @@ def _current_umask() -> int:
     return mask
 
 
-def save_checkpoint(model: VGGT, directory: str | os.PathLike, *, step: int, training_state: dict | None = None) -> Path:
+def save_checkpoint(model: VGGT, directory: str | os.PathLike, *, step: int,
+                    training_state: dict | None = None) -> Path:
     """Write ``model.safetensors`` (the state dict, loadable by ``vggt_core.load_model(directory)``
     with ``strict=True``), ``config.json`` and, if given, ``training_state.pt``.
 

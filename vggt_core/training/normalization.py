@@ -45,7 +45,8 @@ def normalize_ground_truth(batch: dict) -> dict:
     batch_size = extrinsics.shape[0]
     depth_available = batch.get("depth_available")
 
-    homogeneous_row = torch.zeros(extrinsics.shape[:-2] + (1, 4), dtype=extrinsics.dtype)
+    device = extrinsics.device
+    homogeneous_row = torch.zeros(extrinsics.shape[:-2] + (1, 4), dtype=extrinsics.dtype, device=device)
     homogeneous_row[..., 0, 3] = 1.0
     extrinsics_4x4 = torch.cat([extrinsics, homogeneous_row], dim=-2)  # [B,S,4,4]
 
@@ -53,7 +54,7 @@ def normalize_ground_truth(batch: dict) -> dict:
     for b in range(batch_size):
         rotation_0 = extrinsics[b, 0, :, :3]
         translation_0 = extrinsics[b, 0, :, 3]
-        inverse_0 = torch.eye(4, dtype=extrinsics.dtype)
+        inverse_0 = torch.eye(4, dtype=extrinsics.dtype, device=device)
         inverse_0[:3, :3] = rotation_0.T
         inverse_0[:3, 3] = -rotation_0.T @ translation_0
         relative = extrinsics_4x4[b] @ inverse_0  # [S,4,4]
@@ -87,5 +88,5 @@ def _camera_centre_scale(relative_extrinsics: torch.Tensor) -> torch.Tensor:
     centres = -(rotations.transpose(1, 2) @ translations[..., None])[..., 0]
     scale = centres.norm(dim=-1).mean()
     if not torch.isfinite(scale) or scale < SCALE_MIN:
-        return torch.ones((), dtype=relative_extrinsics.dtype)
+        return torch.ones((), dtype=relative_extrinsics.dtype, device=relative_extrinsics.device)
     return scale.clamp(SCALE_MIN, SCALE_MAX)
