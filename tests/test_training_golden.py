@@ -154,3 +154,24 @@ def test_paper_config_differs_where_documented():
         ("l1", "grad", True)
     with pytest.raises(ValueError):
         LossConfig(camera_loss_type="l3")
+
+
+def test_paper_form_on_the_golden_batch(golden):
+    inputs, _, reference = golden
+    batch = normalize_ground_truth(_batch(inputs, "main"))
+    preds = {k: v for k, v in _predictions(inputs, "main").items() if not k.startswith("world_points")}
+    paper = compute_losses(preds, batch, config=LossConfig.paper())
+    # No unweighted regression term in the objective.
+    expected = 5.0 * paper["loss_camera"] + paper["loss_conf_depth"] + paper["loss_grad_depth"]
+    assert paper["objective"].item() == pytest.approx(expected.item(), rel=1e-6)
+    assert paper["loss_conf_depth"].item() == pytest.approx(reference["main/default"]["loss_conf_depth"], rel=1e-5)
+    # Huber (delta 1) equals 0.5·e² below 1 and |e| − 0.5 above: never more than L1.
+    gt = ground_truth_pose_encoding(batch)
+    valid = batch["point_masks"][:, 0].flatten(1).sum(1) > 100
+    error = (preds["pose_enc_list"][3][valid] - gt[valid])[..., 0:3].abs()
+    huber = torch.where(error < 1, 0.5 * error ** 2, error - 0.5).mean()
+    stage_3_weight = 1.0 / 4
+    assert paper["loss_T"].item() < reference["main/default"]["loss_T"]
+    assert paper["loss_T"].item() > stage_3_weight * huber.item()
+    # The confidence-weighted gradient term differs from the reference's plain one.
+    assert paper["loss_grad_depth"].item() != pytest.approx(reference["main/default"]["loss_grad_depth"], rel=1e-3)
