@@ -18,6 +18,15 @@ NORMALISED_KEYS = ("extrinsics", "cam_points", "world_points", "depths")
 RTOL, ATOL = 1e-5, 1e-6
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The tiny model's ops are too small to gain from threads (see test_training_learning.py)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def golden():
     from safetensors.torch import load_file

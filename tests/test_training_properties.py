@@ -17,6 +17,15 @@ from vggt_core.training.optimization import accumulation_chunks, freeze_modules
 from vggt_core.training.schedule import learning_rate_at
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The tiny model's ops are too small to gain from threads (see test_training_learning.py)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _batch_from_scene(scene) -> dict:
     """Raw (un-normalised) batch of one sequence [1, S, ...] straight from a synthetic scene."""
     cam, world, masks = [], [], []

@@ -15,6 +15,15 @@ from vggt_core.training.track_loss import ground_truth_tracks, track_losses
 NUM_TRACKS = 24
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The tiny model's ops are too small to gain from threads (see test_training_learning.py)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def batch(tmp_path_factory):
     root = tmp_path_factory.mktemp("track_scene")
