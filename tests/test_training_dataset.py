@@ -177,6 +177,11 @@ def test_bad_folders_give_clear_messages(tmp_path):
         SceneDataset(tmp_path / "missing")
     with pytest.raises(ValueError, match="holds no scene"):
         SceneDataset(tmp_path)
+    scene = render_scene("room", num_views=2, width=28, height=28)
+    save_training_scene(scene, tmp_path / "broken")
+    (tmp_path / "broken" / "images" / "0001.png").unlink()
+    with pytest.raises(ValueError, match="1 image.s. listed in cameras.json are missing"):
+        SceneDataset(tmp_path / "broken")
 
 
 def test_masks_and_missing_depth(tmp_path, scene):

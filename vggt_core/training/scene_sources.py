@@ -145,6 +145,9 @@ def read_scene_folder(directory: Path) -> Scene:
             image_path=directory / entry["image"], extrinsic=extrinsic, intrinsic=intrinsic,
             depth_path=directory / entry["depth"] if entry.get("depth") else None,
             mask_path=directory / entry["mask"] if entry.get("mask") else None))
+    missing = [frame.image_path for frame in frames if not frame.image_path.is_file()]
+    if missing:
+        raise ValueError(f"{directory}: {len(missing)} image(s) listed in {SCENE_FILE} are missing, e.g. {missing[0]}")
     return Scene(name=directory.name, frames=frames)
 
 
