@@ -100,6 +100,8 @@ def test_track_loss_trains_the_track_head_and_is_off_by_default(batch):
     assert len(predictions["track_list"]) == model.config.track_head.iters
     default = compute_losses(predictions, normalised)
     assert "loss_track" not in default
+    with pytest.raises(ValueError, match="track_list"):
+        compute_losses({k: v for k, v in predictions.items() if k != "track_list"}, normalised, track=True)
     losses = compute_losses(predictions, normalised, track=True, config=LossConfig(track_weight=0.05))
     assert losses["objective"].item() == pytest.approx(
         default["objective"].item() + 0.05 * (losses["loss_track"].item() + losses["loss_vis"].item()), rel=1e-5)

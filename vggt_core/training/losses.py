@@ -62,9 +62,12 @@ def compute_losses(predictions: dict, batch: dict, *, point: bool = False, track
             head_sum = head_sum + terms["reg"]
         add(getattr(config, f"{name}_weight") * head_sum)
 
-    if track and "track_list" in predictions:
+    if track:
         from .track_loss import track_losses
 
+        if "track_list" not in predictions or "tracks" not in batch:
+            raise ValueError("track=True needs predictions['track_list'] (the model in training mode, run with "
+                             "query_points) and batch['tracks'] (see training.track_loss.ground_truth_tracks)")
         losses.update(track_losses(predictions, batch, config))
         add(config.track_weight * (losses["loss_track"] + config.track_vis_weight * losses["loss_vis"]))
 
