@@ -1,4 +1,4 @@
-"""Command line: ``python -m vggt_core reconstruct INPUT... --out DIR``."""
+"""Command line: ``python -m vggt_core reconstruct INPUT... --out DIR`` and ``finetune``."""
 
 from __future__ import annotations
 
@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--frames-chunk-size", type=int, default=DEFAULT_FRAMES_CHUNK_SIZE,
                      help=f"frames decoded at once by the dense heads (memory vs speed; default "
                           f"{DEFAULT_FRAMES_CHUNK_SIZE})")
+    from .training.command import add_finetune_command
+
+    add_finetune_command(commands)
     return parser
 
 
@@ -172,6 +175,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "finetune":
+            from .training.command import run_finetune
+
+            return run_finetune(args)
         return run_reconstruct(args)
     except (InputError, WeightsUnavailableError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -27,6 +27,7 @@ __all__ = [
     "SCENE_NAMES",
     "render_scene",
     "save_scene_images",
+    "save_training_scene",
     "scene_surface_distance",
     "scene_extent",
 ]
@@ -541,3 +542,15 @@ def save_scene_images(scene: SyntheticScene, directory: str | Path) -> list[Path
             Image.fromarray(image).save(partial, format="PNG")
         paths.append(path)
     return paths
+
+
+def save_training_scene(scene: SyntheticScene, directory: str | Path) -> Path:
+    """Write ``scene`` as a training scene folder (images, cameras.json, exact depth maps) that
+    :class:`vggt_core.training.SceneDataset` reads.
+
+    Returns:
+        ``directory`` as a :class:`Path`.
+    """
+    from .training.scene_sources import write_scene_folder  # the folder format lives with its reader
+
+    return write_scene_folder(directory, scene.images, scene.extrinsics, scene.intrinsics, depths=scene.depth)

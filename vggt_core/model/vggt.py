@@ -94,7 +94,8 @@ class VGGT(nn.Module):
         Returns a dict (B always present): ``pose_enc [B,S,9]``, ``pose_enc_list`` (iters x ``[B,S,9]``),
         ``depth [B,S,H,W,1]``, ``depth_conf [B,S,H,W]``, ``world_points [B,S,H,W,3]``,
         ``world_points_conf [B,S,H,W]``, and with queries ``track [B,S,N,2]``, ``vis [B,S,N]``,
-        ``conf [B,S,N]``; ``images`` in eval mode.
+        ``conf [B,S,N]`` (in training mode also ``track_list``, iters x ``[B,S,N,2]``); ``images``
+        in eval mode.
         """
         images, query_points = self._validate_inputs(images, query_points)
         with torch.inference_mode(not self.training):
@@ -128,6 +129,8 @@ class VGGT(nn.Module):
             track_list, visibility, confidence = self.track_head(
                 tokens_list, image_size_hw, patch_start_idx, query_points, frames_chunk_size=frames_chunk_size)
             predictions["track"] = track_list[-1]
+            if self.training:  # every refinement iteration is supervised by the track loss
+                predictions["track_list"] = track_list
             predictions["vis"] = visibility
             predictions["conf"] = confidence
         if not self.training:
