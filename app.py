@@ -57,7 +57,7 @@ from vggt_core.reconstruction import Reconstruction
 from vggt_core.sky import DEFAULT_SKY_MODEL, SkyModelUnavailableError
 from vggt_core.store import (PendingSave, ReconstructionStore, StoreError,
                              StoredReconstruction)
-from vggt_core.tracks import track_reconstruction
+from vggt_core.tracks import DEFAULT_MAX_QUERY_POINTS, track_reconstruction
 from vggt_core.upload_limits import UploadLimits, check_upload_sizes
 
 from app_panels.camera import CameraPanel
@@ -123,6 +123,7 @@ class AppSettings:
     cache_max_mb: float = 1024.0
     max_upload_mb: float = UploadLimits.max_file_mb
     max_total_upload_mb: float = UploadLimits.max_total_mb
+    refine_tracks: int = DEFAULT_MAX_QUERY_POINTS
 
     @property
     def upload_limits(self) -> UploadLimits:
@@ -240,6 +241,10 @@ def build_arg_parser(environ: Mapping[str, str] | None = None) -> argparse.Argum
         default=env.get("VGGT_MAX_TOTAL_UPLOAD_MB", str(defaults.max_total_upload_mb)),
         help="most megabytes of files one reconstruction may upload in all "
              f"[env VGGT_MAX_TOTAL_UPLOAD_MB; default {defaults.max_total_upload_mb:g}]")
+    parser.add_argument(
+        "--refine-tracks", type=_positive_int, default=env.get("VGGT_REFINE_TRACKS", str(defaults.refine_tracks)),
+        help="most points tracked for 'Refine cameras with bundle adjustment' (fewer is faster, e.g. on a CPU) "
+             f"[env VGGT_REFINE_TRACKS; default {defaults.refine_tracks}]")
     return parser
 
 
@@ -250,7 +255,8 @@ def parse_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str]
                        storage_dir=Path(args.storage_dir).expanduser(),
                        storage_ttl_hours=args.storage_ttl_hours, storage_max_mb=args.storage_max_mb,
                        public_url=args.public_url, sky_model=args.sky_model, cache_max_mb=args.cache_max_mb,
-                       max_upload_mb=args.max_upload_mb, max_total_upload_mb=args.max_total_upload_mb)
+                       max_upload_mb=args.max_upload_mb, max_total_upload_mb=args.max_total_upload_mb,
+                       refine_tracks=args.refine_tracks)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -318,12 +324,16 @@ def _on_zero_gpu(function: Callable) -> Callable:
 
 @_on_zero_gpu
 def run_model(model: torch.nn.Module, decoded: DecodedFrames, progress: Callable[[float, str], None],
-              track_progress: Callable[[float, str], None] | None = None) -> Reconstruction:
+              track_progress: Callable[[float, str], None] | None = None,
+              max_tracks: int = DEFAULT_MAX_QUERY_POINTS) -> Reconstruction:
     """The only GPU work: on ZeroGPU a GPU is attached for exactly this call. The frames are
     decoded before, and the scene is built after, outside it. With ``track_progress`` the track
-    head also follows points across the frames (for bundle adjustment, which runs after, on the CPU)."""
+    head also follows up to ``max_tracks`` points across the frames (for bundle adjustment, which
+    runs after, on the CPU)."""
     recon = reconstruct_decoded(model, decoded, progress=progress)
-    return recon if track_progress is None else track_reconstruction(model, recon, progress=track_progress)
+    if track_progress is None:
+        return recon
+    return track_reconstruction(model, recon, max_query_points=max_tracks, progress=track_progress)
 
 
 @_on_zero_gpu
@@ -785,7 +795,7 @@ class ReconstructionService:
         started = time.perf_counter()
         reconstruction = self.on_gpu(lambda model: run_model(
             model, decoded, ProgressRange(progress, 0.1, model_end),
-            ProgressRange(progress, model_end, 0.72) if refine else None), progress)
+            ProgressRange(progress, model_end, 0.72) if refine else None, self.settings.refine_tracks), progress)
         seconds = time.perf_counter() - started
         del decoded
         metadata = {"seconds": round(seconds, 3), "checkpoint": self.settings.checkpoint,

@@ -27,7 +27,8 @@ FRAMES = ["0: view_0.png", "1: view_1.png", "2: view_2.png"]
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    running = launch_test_app(tmp_path_factory.mktemp("tracks-storage"))
+    # Few refine tracks: the tiny model tracks 4,096 points on a CPU in ~50 s.
+    running = launch_test_app(tmp_path_factory.mktemp("tracks-storage"), refine_tracks=128)
     try:
         yield running
     finally:
