@@ -20,7 +20,7 @@ from .errors import InputError
 from .reconstruction import Reconstruction, _unproject_in_chunks
 
 __all__ = ["BundleAdjustmentReport", "BundleAdjustmentResult", "CAMERA_MODELS", "bundle_adjust",
-           "triangulate_tracks"]
+           "triangulate_tracks", "with_triangulated_tracks"]
 
 # Camera models whose refined parameters a pinhole intrinsic matrix can hold.
 CAMERA_MODELS = ("SIMPLE_PINHOLE", "PINHOLE")
@@ -161,6 +161,23 @@ def _triangulate_with_inliers(tracks: np.ndarray, observed: np.ndarray, extrinsi
     inliers &= valid[None] & (depth > 0)
     inliers[:, inliers.sum(axis=0) < 2] = False
     return points, inliers, errors
+
+
+def with_triangulated_tracks(recon: Reconstruction, *, max_reprojection_error: float = 8.0,
+                             min_visibility: float = 0.2) -> Reconstruction:
+    """A copy whose ``sparse_*`` points are the tracks triangulated from the current cameras
+    (no refinement), keeping observations within ``max_reprojection_error`` px; ``recon`` itself
+    when it already has sparse points or has no tracks. Used by exports of unrefined scenes."""
+    if recon.sparse_points is not None or recon.tracks is None:
+        return recon
+    tracks = recon.tracks.astype(np.float64)
+    points, inliers, _ = _triangulate_with_inliers(tracks, _select_observations(recon, min_visibility),
+                                                   recon.extrinsics, recon.intrinsics, float(max_reprojection_error))
+    used = np.flatnonzero(inliers.sum(axis=0) >= 2)
+    return dataclasses.replace(
+        recon, frame_names=list(recon.frame_names), info=dict(recon.info),
+        sparse_points=points[used].astype(np.float32), sparse_point_colors=_point_colors(recon, used, inliers),
+        sparse_point_tracks=used.astype(np.int64), sparse_observations=inliers[:, used])
 
 
 # --------------------------------------------------------------------------------------------

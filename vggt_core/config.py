@@ -30,7 +30,9 @@ DEFAULT_FRAMES_CHUNK_SIZE = 8
 
 # What a reconstruction can be written as (vggt_core.export); here so that the CLI can list
 # them without importing the exporters.
-EXPORT_FORMATS = ("glb", "ply", "colmap", "npz", "depth")
+EXPORT_FORMATS = ("glb", "ply", "colmap", "npz", "depth", "nerfstudio", "splatting")
+# Written when no formats are named: the bundles with photos at full resolution are opt-in.
+DEFAULT_EXPORT_FORMATS = ("glb", "ply", "colmap", "npz", "depth")
 
 
 @dataclass
