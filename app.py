@@ -971,11 +971,10 @@ def build_app(settings: AppSettings, store: ReconstructionStore | None = None) -
                             user_errors=show_user_errors).build_and_wire(input_files, video_fps)
                 input_gallery = gr.Gallery(label="Frames to reconstruct", columns=4, height=240,
                                            object_fit="cover", allow_preview=True, elem_id="input-gallery")
-                with gr.Row(equal_height=True):
-                    reconstruct_button = gr.Button("Reconstruct", variant="primary", size="lg", scale=2,
-                                                   elem_id="reconstruct-button")
-                    refine_checkbox = gr.Checkbox(value=False, label=REFINE_LABEL, info=REFINE_INFO, scale=3,
-                                                  elem_id="refine-checkbox")
+                refine_checkbox = gr.Checkbox(value=False, label=REFINE_LABEL, info=REFINE_INFO,
+                                              elem_id="refine-checkbox")
+                reconstruct_button = gr.Button("Reconstruct", variant="primary", size="lg",
+                                               elem_id="reconstruct-button")
                 rows, labels = example_sets()
                 if rows:
                     gr.Examples(examples=rows, inputs=[input_files], example_labels=labels,
