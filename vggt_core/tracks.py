@@ -16,7 +16,8 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from .config import DEFAULT_FRAMES_CHUNK_SIZE
+from .config import (DEFAULT_FRAMES_CHUNK_SIZE, DEFAULT_MAX_QUERY_POINTS, DEFAULT_NUM_QUERY_FRAMES,
+                     QUERY_POINT_METHODS)
 from .errors import InputError
 from .reconstruction import Reconstruction
 
@@ -30,9 +31,6 @@ __all__ = [
     "track_reconstruction",
 ]
 
-DEFAULT_NUM_QUERY_FRAMES = 4
-DEFAULT_MAX_QUERY_POINTS = 4096
-QUERY_POINT_METHODS = ("grid", "sift")
 # Correlation maps of this many points are computed at once: [S, n, H/2·W/2] floats, ~200 MB for
 # 32 frames of 518×392 (the values do not depend on it).
 DEFAULT_POINTS_CHUNK_SIZE = 64
