@@ -28,6 +28,8 @@ CAMERA_MODELS = ("SIMPLE_PINHOLE", "PINHOLE")
 DEFAULT_MIN_TRACKS = 16
 # Robust loss: observations a few pixels off count less than squared (pixels).
 _LOSS_SCALE_PX = 2.0
+# Another round is skipped when the refined cameras change at most this fraction of the observations.
+_SAME_OBSERVATIONS_FRACTION = 0.01
 # Focal lengths that are known (EXIF, or typed in) are kept fixed by default.
 _KNOWN_FOCAL_SOURCES = ("exif", "manual")
 
@@ -347,7 +349,7 @@ def bundle_adjust(recon: Reconstruction, *, max_reprojection_error: float = 8.0,
         max_iterations: Ceres iterations at most, per round.
         refinement_rounds: rounds of triangulate, filter, refine; each later round starts from
             the cameras the previous one refined, so it can take back observations that the
-            input cameras had rejected.
+            input cameras had rejected (skipped when it would use nearly the same observations).
         progress: optional ``progress(fraction, message)``.
 
     Returns:
@@ -390,6 +392,9 @@ def bundle_adjust(recon: Reconstruction, *, max_reprojection_error: float = 8.0,
         points, round_inliers, _ = _triangulate_with_inliers(tracks, observed, extrinsics, intrinsics,
                                                              float(max_reprojection_error))
         round_used = np.flatnonzero(round_inliers.sum(axis=0) >= 2)
+        if inliers is not None and np.count_nonzero(round_inliers != inliers) <= \
+                _SAME_OBSERVATIONS_FRACTION * max(int(inliers.sum()), 1):
+            break  # the refined cameras accept the same observations: refining again changes nothing
         if len(round_used) < min_tracks:
             if round_index == 0:
                 counts = _counts(tracks, round_inliers, round_used, recon)
