@@ -66,7 +66,10 @@ def test_refine_option_shows_the_report_and_the_link_says_refined(client, server
     summary, recon_id, share = outputs[1], outputs[4], outputs[5]["value"]
     recon, metadata = stored(server, recon_id)
     report = metadata["bundle_adjustment"]
-    assert recon.tracks is not None and recon.tracks.shape[0] == 3  # tracked before adjusting
+    assert recon.tracks is not None and recon.tracks.shape[:2] == (3, 128)  # tracked (--refine-tracks 128)
+    # The Tracks view of the scene draws 64 of its tracks on every frame.
+    view = client.predict(recon_id, "0: view_0.png", "", api_name="/tracks_view")
+    assert len(view[4]) == 3 and "128 tracks, 64 of them drawn" in view[3]
     if report["refined"]:
         # The summary gives the report's own numbers, and the link says the cameras were refined.
         assert recon.info["cameras_refined"] is True and recon.info["bundle_adjustment"] == report
@@ -111,6 +114,23 @@ def test_a_refined_scene_opened_from_its_link_says_so(client, server):
     assert opened[5]["value"].endswith("refined=1")
     # Old links (without the marker) and hand-made ones keep opening the same scene.
     assert client.predict(f"http://x/?r={recon_id}", *VIEW, api_name="/open_shared")[4] == recon_id
+
+
+def test_refining_has_its_own_progress_stages_in_order(tmp_path, synthetic_photos):  # noqa: F811
+    settings = app.AppSettings(checkpoint=app.RANDOM_TINY_CHECKPOINT, storage_dir=tmp_path, refine_tracks=16)
+    store = app.open_store(settings)
+    service = app.ReconstructionService(settings, store, app.ViewRenderer(tmp_path / "derived"),
+                                        app.ModelProvider(settings.checkpoint))
+    stages = []
+    recon_id = service.start_reconstruction([str(p) for p in synthetic_photos[:2]], 1.0,
+                                            lambda fraction, desc: stages.append((fraction, desc)), refine=True).wait()
+    store.close()
+    fractions = [fraction for fraction, _ in stages]
+    assert fractions == sorted(fractions)  # the bar never goes back
+    text = [desc.lower() for _, desc in stages]
+    first = {word: next(i for i, desc in enumerate(text) if word in desc) for word in ("track", "bundle adjustment")}
+    assert first["track"] < first["bundle adjustment"]
+    assert "bundle_adjustment" in json.loads((tmp_path / recon_id / "metadata.json").read_text())
 
 
 # --------------------------------------------------------------------------------- Tracks view
