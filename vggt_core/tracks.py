@@ -31,7 +31,7 @@ __all__ = [
     "track_reconstruction",
 ]
 
-# Correlation maps of this many points are computed at once: [S, n, H/2·W/2] floats, ~200 MB for
+# Correlation maps of this many points are computed at once: [S, n, H/2·W/2] floats, ~400 MB for
 # 32 frames of 518×392 (the values do not depend on it).
 DEFAULT_POINTS_CHUNK_SIZE = 64
 # Grid points keep this many pixels away from the border, where features are padded.

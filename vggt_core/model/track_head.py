@@ -185,7 +185,8 @@ class CorrelationPyramid:
         for level, maps in enumerate(self.pyramid):
             height, width = maps.shape[-2:]
             correlation = torch.matmul(track_features, maps.reshape(batch, frames, channels, height * width))
-            correlation = correlation / torch.sqrt(torch.tensor(channels, dtype=torch.float32))
+            # In place: the same values without a second [B, S, n, H·W] tensor.
+            correlation.div_(torch.sqrt(torch.tensor(channels, dtype=torch.float32)))
             correlation = correlation.reshape(batch * frames * points, 1, height, width)
             centres = coordinates.reshape(batch * frames * points, 1, 1, 2) / 2 ** level
             windows = sample_bilinear(correlation, (centres + window_offsets).to(correlation.dtype), "zeros")
