@@ -248,7 +248,7 @@ def _run_pycolmap_bundle_adjustment(model, num_frames: int, num_cameras: int, fi
     options.ceres.loss_function_type = pycolmap.LossFunctionType.CAUCHY
     options.ceres.loss_function_scale = _LOSS_SCALE_PX
     options.ceres.solver_options.max_num_iterations = int(max_iterations)
-    options.ceres.solver_options.function_tolerance = 1e-8
+    options.ceres.solver_options.function_tolerance = 1e-6
     config = pycolmap.BundleAdjustmentConfig()
     for image_id in range(1, num_frames + 1):
         config.add_image(image_id)
