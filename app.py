@@ -793,8 +793,8 @@ class ReconstructionService:
         decoded = decode_frames(frames)
         model_end = 0.6 if refine else 0.85
         started = time.perf_counter()
-        reconstruction = self.on_gpu(lambda model: run_model(
-            model, decoded, ProgressRange(progress, 0.1, model_end),
+        reconstruction = self.on_gpu(lambda model, frames=decoded: run_model(
+            model, frames, ProgressRange(progress, 0.1, model_end),
             ProgressRange(progress, model_end, 0.72) if refine else None, self.settings.refine_tracks), progress)
         seconds = time.perf_counter() - started
         del decoded
