@@ -180,3 +180,17 @@ def test_too_few_tracks_gives_the_input_back_with_a_message(truth):
     assert not result.report.refined and "track" in result.report.message
     with pytest.raises(InputError, match="camera model"):
         bundle_adjust(truth, camera_model="OPENCV")
+
+
+def test_one_camera_per_frame_with_two_focal_lengths(truth):
+    start = perturbed(truth, scene_size(truth))
+    result = bundle_adjust(start, camera_model="PINHOLE")
+    assert result.report.refined, result.report.message
+    refined = result.reconstruction
+    rotation_after, translation_after = relative_pose_errors(refined.extrinsics, truth.extrinsics)
+    rotation_before, translation_before = relative_pose_errors(start.extrinsics, truth.extrinsics)
+    assert rotation_after < rotation_before / 3 and translation_after < translation_before / 3
+    # Each frame got its own camera, refined separately; principal points stay.
+    assert len({float(value) for value in refined.intrinsics[:, 0, 0]}) == NUM_FRAMES
+    np.testing.assert_array_equal(refined.intrinsics[:, :2, 2], start.intrinsics[:, :2, 2])
+    assert result.report.mean_error_after_px < 0.5
