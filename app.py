@@ -28,6 +28,7 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import threading
 import time
 from collections import OrderedDict
@@ -59,12 +60,14 @@ from vggt_core.reconstruction import Reconstruction
 from vggt_core.sky import DEFAULT_SKY_MODEL, SkyModelUnavailableError
 from vggt_core.store import (PendingSave, ReconstructionStore, StoreError,
                              StoredReconstruction)
+from vggt_core.tracks import DEFAULT_MAX_QUERY_POINTS, track_reconstruction
 from vggt_core.upload_limits import UploadLimits, check_upload_sizes
 
 from app_panels.camera import CameraPanel
 from app_panels.measure import MeasurePanel, scene_lines
 from app_panels.memory import MemoryPanel
 from app_panels.sky import HIDE_SKY_LABEL, SkyMasks
+from app_panels.tracks import REFINE_INFO, REFINE_LABEL, TracksPanel, bundle_adjustment_lines, is_refined
 
 logger = logging.getLogger("vggt_app")
 
@@ -123,6 +126,7 @@ class AppSettings:
     cache_max_mb: float = 1024.0
     max_upload_mb: float = UploadLimits.max_file_mb
     max_total_upload_mb: float = UploadLimits.max_total_mb
+    refine_tracks: int = DEFAULT_MAX_QUERY_POINTS
 
     @property
     def upload_limits(self) -> UploadLimits:
@@ -240,6 +244,10 @@ def build_arg_parser(environ: Mapping[str, str] | None = None) -> argparse.Argum
         default=env.get("VGGT_MAX_TOTAL_UPLOAD_MB", str(defaults.max_total_upload_mb)),
         help="most megabytes of files one reconstruction may upload in all "
              f"[env VGGT_MAX_TOTAL_UPLOAD_MB; default {defaults.max_total_upload_mb:g}]")
+    parser.add_argument(
+        "--refine-tracks", type=_positive_int, default=env.get("VGGT_REFINE_TRACKS", str(defaults.refine_tracks)),
+        help="most points tracked for 'Refine cameras with bundle adjustment' (fewer is faster, e.g. on a CPU) "
+             f"[env VGGT_REFINE_TRACKS; default {defaults.refine_tracks}]")
     return parser
 
 
@@ -250,7 +258,8 @@ def parse_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str]
                        storage_dir=Path(args.storage_dir).expanduser(),
                        storage_ttl_hours=args.storage_ttl_hours, storage_max_mb=args.storage_max_mb,
                        public_url=args.public_url, sky_model=args.sky_model, cache_max_mb=args.cache_max_mb,
-                       max_upload_mb=args.max_upload_mb, max_total_upload_mb=args.max_total_upload_mb)
+                       max_upload_mb=args.max_upload_mb, max_total_upload_mb=args.max_total_upload_mb,
+                       refine_tracks=args.refine_tracks)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -317,11 +326,37 @@ def _on_zero_gpu(function: Callable) -> Callable:
 
 
 @_on_zero_gpu
-def run_model(model: torch.nn.Module, decoded: DecodedFrames,
-              progress: Callable[[float, str], None]) -> Reconstruction:
+def run_model(model: torch.nn.Module, decoded: DecodedFrames, progress: Callable[[float, str], None],
+              track_progress: Callable[[float, str], None] | None = None,
+              max_tracks: int = DEFAULT_MAX_QUERY_POINTS) -> Reconstruction:
     """The only GPU work: on ZeroGPU a GPU is attached for exactly this call. The frames are
-    decoded before, and the scene is built after, outside it."""
-    return reconstruct_decoded(model, decoded, progress=progress)
+    decoded before, and the scene is built after, outside it. With ``track_progress`` the track
+    head also follows up to ``max_tracks`` points across the frames (for bundle adjustment, which
+    runs after, on the CPU)."""
+    recon = reconstruct_decoded(model, decoded, progress=progress)
+    if track_progress is None:
+        return recon
+    return track_reconstruction(model, recon, max_query_points=max_tracks, progress=track_progress)
+
+
+@_on_zero_gpu
+def run_tracking(model: torch.nn.Module, recon: Reconstruction, queries: Any,
+                 progress: Callable[[float, str], None]) -> Reconstruction:
+    """The Tracks view's GPU work: the model re-run on a stored scene's frames to track ``queries``."""
+    return track_reconstruction(model, recon, queries, progress=progress)
+
+
+def refine_cameras(recon: Reconstruction) -> tuple[Reconstruction, dict[str, Any]]:
+    """Bundle adjustment of a tracked scene (CPU, outside the GPU slot): the refined scene and the
+    report, or the scene unrefined and a report saying why: a failure never loses the scene."""
+    from vggt_core.bundle_adjustment import bundle_adjust  # imports pycolmap: only when asked for
+
+    try:
+        result = bundle_adjust(recon)
+        return result.reconstruction, result.report.as_dict()
+    except Exception:
+        logger.exception("bundle adjustment failed")
+        return recon, {"refined": False, "message": "bundle adjustment failed on the server (logged)"}
 
 
 # One model forward at a time in this process (one GPU, one copy of the weights). Requests
@@ -547,7 +582,7 @@ def summary_markdown(stored: StoredReconstruction, view: RenderedView) -> str:
         f"**{view.num_points:,} points shown** · {view.num_cameras} cameras · "
         f"{'depth' if view.branch == 'depth' else 'point map'} branch, confidence ≥ {view.confidence_threshold:.3g}",
     ]
-    lines += scene_lines(recon)
+    lines += scene_lines(recon) + bundle_adjustment_lines(recon, info)
     if info.get("untrained"):
         lines.append("⚠️ Made with an **untrained** model: the geometry is meaningless.")
     return "  \n".join(lines)
@@ -622,8 +657,10 @@ def view_settings_from_query(query: Mapping[str, str], base: ViewSettings,
     return dataclasses.replace(base, **changes), ignored
 
 
-def share_link(page_url: str, recon_id: str, settings: ViewSettings | None = None) -> str:
+def share_link(page_url: str, recon_id: str, settings: ViewSettings | None = None, refined: bool = False) -> str:
+    """``refined`` adds ``refined=1``: the link says its cameras were refined (opening ignores it)."""
     query = {SHARE_QUERY_PARAMETER: recon_id, **(view_query(settings) if settings is not None else {})}
+    query.update({"refined": "1"} if refined else {})
     return f"{page_url.split('?')[0].split('#')[0]}?{urlencode(query)}"
 
 
@@ -762,15 +799,37 @@ class ReconstructionService:
         """Run the model on the uploaded files, store the result, return its id once durable."""
         return self.start_reconstruction(files, fps, progress).wait()
 
-    def start_reconstruction(self, files: Any, fps: float, progress: Callable[..., Any]) -> PendingSave:
-        """Run the model and hand the result to the store's writers. The id can be shown at once
-        (from memory); :meth:`PendingSave.wait` before showing it as a share link."""
+    def start_reconstruction(self, files: Any, fps: float, progress: Callable[..., Any],
+                             refine: bool = False) -> PendingSave:
+        """Run the model (and with ``refine`` track points and bundle-adjust the cameras) and hand
+        the result to the store's writers. The id can be shown at once (from memory);
+        :meth:`PendingSave.wait` before showing it as a share link."""
         paths = self._checked_paths(files)
         if not paths:
             raise InputError("Add some photos or a video first.")
         progress(0.0, desc="Reading the inputs")
         frames = gather_input_frames(paths, fps=float(fps), max_frames=self.settings.max_frames)
         decoded = decode_frames(frames)
+        model_end = 0.6 if refine else 0.85
+        started = time.perf_counter()
+        reconstruction = self.on_gpu(lambda model, frames=decoded: run_model(
+            model, frames, ProgressRange(progress, 0.1, model_end),
+            ProgressRange(progress, model_end, 0.72) if refine else None, self.settings.refine_tracks), progress)
+        seconds = time.perf_counter() - started
+        del decoded
+        metadata = {"seconds": round(seconds, 3), "checkpoint": self.settings.checkpoint,
+                    "untrained": self.settings.is_untrained, "inputs": _describe_inputs(paths),
+                    "num_frames": reconstruction.num_frames}
+        if refine:
+            progress(0.74, desc="Refining the cameras (bundle adjustment)")
+            reconstruction, metadata["bundle_adjustment"] = refine_cameras(reconstruction)
+        progress(0.87, desc="Saving the reconstruction")
+        pending = self.store.save_async(reconstruction, metadata)
+        logger.info("reconstructed %d frames in %.1f s", reconstruction.num_frames, seconds)
+        return pending
+
+    def on_gpu(self, work: Callable[[torch.nn.Module], Reconstruction], progress: Callable[..., Any]) -> Reconstruction:
+        """``work(model)`` holding the GPU slot; the model is loaded first, outside it."""
         if not self.models.is_loaded:
             progress(0.05, desc="Loading the model weights (first run only)")
         model = self.models.get()
@@ -778,19 +837,14 @@ class ReconstructionService:
             progress(0.08, desc="Waiting for the GPU (another reconstruction is running)")
             GPU_SLOT.acquire()
         try:
-            started = time.perf_counter()
-            reconstruction = run_model(model, decoded, ProgressRange(progress, 0.1, 0.85))
-            seconds = time.perf_counter() - started
+            return work(model)
         finally:
             GPU_SLOT.release()
-        del decoded
-        progress(0.87, desc="Saving the reconstruction")
-        metadata = {"seconds": round(seconds, 3), "checkpoint": self.settings.checkpoint,
-                    "untrained": self.settings.is_untrained, "inputs": _describe_inputs(paths),
-                    "num_frames": reconstruction.num_frames}
-        pending = self.store.save_async(reconstruction, metadata)
-        logger.info("reconstructed %d frames in %.1f s", reconstruction.num_frames, seconds)
-        return pending
+
+    def track(self, recon: Reconstruction, queries: Any, progress: Callable[..., Any]) -> Reconstruction:
+        """The Tracks view's tracking of ``queries`` on a stored scene (see :func:`run_tracking`)."""
+        return self.on_gpu(lambda model: run_tracking(model, recon, queries, ProgressRange(progress, 0.1, 0.9)),
+                           progress)
 
     def _checked_paths(self, files: Any) -> list[str]:
         paths = _file_paths(files)
@@ -821,7 +875,8 @@ class ReconstructionService:
             controls_from_view_settings(settings, recon)
         return (str(view.glb_path), summary_markdown(stored, view), self.renderer.depth_gallery(stored),
                 gr.Dropdown(choices=frame_choices(recon), value=frame), stored.id,
-                gr.Textbox(value=share_link(page_url, stored.id, settings), info=self.expiry_note(stored)),
+                gr.Textbox(value=share_link(page_url, stored.id, settings, is_refined(recon)),
+                           info=self.expiry_note(stored)),
                 None,  # clears the downloads of the previous reconstruction
                 confidence, branch, show_cameras, black, white, max_points, hide_sky)
 
@@ -830,7 +885,8 @@ class ReconstructionService:
         stored = self.store.load(recon_id)
         settings = self.sky.apply(stored, self.view_settings(stored, controls))
         view = self.renderer.view(stored, settings)
-        return str(view.glb_path), summary_markdown(stored, view), share_link(page_url, stored.id, settings)
+        return (str(view.glb_path), summary_markdown(stored, view),
+                share_link(page_url, stored.id, settings, is_refined(stored.reconstruction)))
 
     def downloads(self, recon_id: str, controls: Sequence[Any]) -> list[str]:
         stored = self.store.load(recon_id)
@@ -899,11 +955,17 @@ def derived_files_folder() -> Path:
     return folder
 
 
-def build_app(settings: AppSettings) -> gr.Blocks:
-    """The whole page. Prunes the storage folder once; starts nothing."""
+def open_store(settings: AppSettings) -> ReconstructionStore:
+    """The reconstruction store of ``settings``, pruned once."""
     store = ReconstructionStore(settings.storage_dir, ttl_seconds=settings.storage_ttl_hours * 3600,
                                 max_bytes=int(settings.storage_max_mb * 1e6))
     store.prune()
+    return store
+
+
+def build_app(settings: AppSettings, store: ReconstructionStore | None = None) -> gr.Blocks:
+    """The whole page (with a store of its own unless given one). Starts nothing."""
+    store = store if store is not None else open_store(settings)
     service = ReconstructionService(settings, store, ViewRenderer(derived_files_folder(), int(settings.cache_max_mb * 1e6)),
                                     ModelProvider(settings.checkpoint, settings.device))
     defaults = DEFAULT_VIEW_SETTINGS
@@ -928,6 +990,8 @@ def build_app(settings: AppSettings) -> gr.Blocks:
                             user_errors=show_user_errors).build_and_wire(input_files, video_fps)
                 input_gallery = gr.Gallery(label="Frames to reconstruct", columns=4, height=240,
                                            object_fit="cover", allow_preview=True, elem_id="input-gallery")
+                refine_checkbox = gr.Checkbox(value=False, label=REFINE_LABEL, info=REFINE_INFO,
+                                              elem_id="refine-checkbox")
                 reconstruct_button = gr.Button("Reconstruct", variant="primary", size="lg",
                                                elem_id="reconstruct-button")
                 rows, labels = example_sets()
@@ -997,11 +1061,11 @@ def build_app(settings: AppSettings) -> gr.Blocks:
 
         @show_user_errors
         def reconstruct(files, fps, confidence, branch, frame, show_cameras, filter_black, filter_white,
-                        max_points, hide_sky=False, request: gr.Request = None, progress=gr.Progress()):
+                        max_points, hide_sky=False, refine=False, request: gr.Request = None, progress=gr.Progress()):
             # Checked before the model runs, so bad controls cost no GPU time.
             view = view_settings_from_controls(confidence, branch, ALL_FRAMES_CHOICE, show_cameras, filter_black,
                                                filter_white, max_points, hide_sky, num_frames=1)
-            pending = service.start_reconstruction(files, fps, progress)
+            pending = service.start_reconstruction(files, fps, progress, refine=bool(refine))
             progress(0.92, desc="Building the 3-D scene")  # while the writers save it
             outputs = service.scene_outputs(pending.id, view, page_url(request))
             progress(0.98, desc="Saving the reconstruction")
@@ -1057,7 +1121,7 @@ def build_app(settings: AppSettings) -> gr.Blocks:
         # One model run at a time: a GPU holds one VGGT forward, and ZeroGPU grants one GPU.
         # Two at once: one decodes its inputs or builds its scene while the other holds the GPU
         # (GPU_SLOT: only the model's forward is serialised).
-        reconstruct_button.click(reconstruct, [input_files, video_fps, *view_controls], scene_outputs,
+        reconstruct_button.click(reconstruct, [input_files, video_fps, *view_controls, refine_checkbox], scene_outputs,
                                  api_name="reconstruct", concurrency_limit=2, concurrency_id="reconstruct",
                                  scroll_to_output=True)
         for control in view_controls:
@@ -1083,6 +1147,8 @@ def build_app(settings: AppSettings) -> gr.Blocks:
         with panels_slot:
             MeasurePanel(store, show_scene, show_user_errors).build_and_wire(recon_id_box, view_controls, scene_outputs)
             CameraPanel(store, show_scene, show_user_errors).build_and_wire(recon_id_box, view_controls, scene_outputs)
+            TracksPanel(store, show_scene, show_user_errors, service.track).build_and_wire(
+                recon_id_box, view_controls, scene_outputs)
     return demo
 
 
@@ -1110,10 +1176,37 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if settings.is_untrained:
         logger.warning("running with %s: an untrained model, results are meaningless", RANDOM_TINY_CHECKPOINT)
-    demo = build_app(settings)
+    store = open_store(settings)
+    demo = build_app(settings, store)
     demo.queue(max_size=32)
-    demo.launch(server_name=settings.host, server_port=settings.port, share=settings.share,
-                **launch_options(settings))
+    exit_cleanly_on_sigterm()
+    try:
+        demo.launch(server_name=settings.host, server_port=settings.port, share=settings.share,
+                    **launch_options(settings))
+    finally:
+        demo.close()  # no new requests; then every save already handed to the writers completes
+        store.close()
+        logger.info("stopped; every reconstruction in flight is saved")
+
+
+def exit_cleanly_on_sigterm() -> None:
+    """SIGTERM (a Space restart, ``kill``) becomes ``SystemExit(0)`` in the main thread, so
+    :func:`main` finishes the store's writes and Python shuts down normally (no share link it
+    has shown breaks). pycolmap is imported first because glog, inside it, replaces the SIGTERM
+    handler with its "*** Aborted ... stack trace" one when it is first imported, and a later
+    import from a worker thread (first COLMAP export or bundle adjustment) could not be undone
+    there: only the main thread may set signal handlers."""
+    try:
+        import pycolmap  # noqa: F401
+    except ImportError:
+        pass
+
+    def stop(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the writes short
+        logger.info("SIGTERM: finishing the reconstructions being saved, then exiting")
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, stop)
 
 
 if __name__ == "__main__":

@@ -4,10 +4,12 @@ Layers, from the bottom: ``config`` and ``model`` (pure PyTorch network), ``geom
 (cameras and points), ``weights`` (checkpoint loading), ``images``/``video`` (input),
 ``reconstruction`` (model run -> Reconstruction), ``pipeline`` (files -> Reconstruction),
 ``filtering``, ``export``, ``depth_maps``, ``store`` (reconstructions under share ids); ``scale``,
-``exif``, ``intrinsics`` and ``sky`` (real-world scale, known focal lengths, sky masks).
+``exif``, ``intrinsics`` and ``sky`` (real-world scale, known focal lengths, sky masks);
+``tracks`` and ``bundle_adjustment`` (point tracks from several frames, refined cameras).
 """
 
 from . import geometry, synthetic
+from .bundle_adjustment import BundleAdjustmentReport, BundleAdjustmentResult, bundle_adjust
 from .config import VGGTConfig
 from .errors import FrameLimitError, InputError, WeightsUnavailableError
 from .exif import exif_focal_length_px
@@ -17,6 +19,7 @@ from .model import VGGT
 from .pipeline import gather_input_frames, reconstruct_frames
 from .reconstruction import Reconstruction, reconstruct
 from .scale import scale_from_known_distance
+from .tracks import TrackQueries, choose_query_points, track_reconstruction
 from .video import extract_frames
 from .weights import DEFAULT_CHECKPOINT, load_model, resolve_device
 
@@ -25,4 +28,6 @@ __all__ = [
     "VGGTConfig", "ViewSettings", "WeightsUnavailableError", "extract_frames", "gather_input_frames", "geometry",
     "load_images", "load_model", "reconstruct", "reconstruct_frames", "resolve_device", "select_points",
     "synthetic", "exif_focal_length_px", "scale_from_known_distance",
+    "BundleAdjustmentReport", "BundleAdjustmentResult", "TrackQueries", "bundle_adjust", "choose_query_points",
+    "track_reconstruction",
 ]

@@ -9,7 +9,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from .config import DEFAULT_FRAMES_CHUNK_SIZE, EXPORT_FORMATS, VGGTConfig
+from .config import (DEFAULT_EXPORT_FORMATS, DEFAULT_FRAMES_CHUNK_SIZE, DEFAULT_MAX_QUERY_POINTS,
+                     DEFAULT_NUM_QUERY_FRAMES, EXPORT_FORMATS, QUERY_POINT_METHODS, VGGTConfig)
 from .errors import InputError, WeightsUnavailableError
 from .scale import LENGTH_UNITS
 from .sky import DEFAULT_SKY_MODEL
@@ -38,8 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--fps", type=float, default=1.0, help="frames per second sampled from a video (default: 1)")
     run.add_argument("--max-frames", type=int, default=None,
                      help="most frames to reconstruct; videos are thinned evenly to fit (default: no limit)")
-    run.add_argument("--export", default="glb,ply,colmap,npz,depth",
-                     help=f"comma-separated formats from {','.join(EXPORT_FORMATS)} (default: all)")
+    run.add_argument("--export", default=",".join(DEFAULT_EXPORT_FORMATS),
+                     help=f"comma-separated formats from {','.join(EXPORT_FORMATS)} (default: "
+                          f"{','.join(DEFAULT_EXPORT_FORMATS)}); nerfstudio: transforms.json with the photos; "
+                          "splatting: a zip of images/ + sparse/0/ for Gaussian-splatting trainers")
     run.add_argument("--colmap-format", choices=("bin", "txt"), default="bin",
                      help="COLMAP model as binary .bin files or text .txt files (default: bin)")
     run.add_argument("--conf", type=float, default=50.0,
@@ -65,6 +68,20 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--sky-model", default=DEFAULT_SKY_MODEL,
                      help=f"sky model: a Hugging Face repo id holding skyseg.onnx, or a local .onnx file "
                           f"(default: {DEFAULT_SKY_MODEL})")
+    run.add_argument("--tracks", action="store_true",
+                     help="track points across the frames with the track head (stored in the npz; the COLMAP "
+                          "export then holds multi-view tracks)")
+    run.add_argument("--bundle-adjust", action="store_true",
+                     help="track points, then refine cameras and focal lengths with bundle adjustment (pycolmap)")
+    run.add_argument("--query-frames", type=_positive_int, default=DEFAULT_NUM_QUERY_FRAMES, metavar="N",
+                     help=f"frames, spread over the sequence, that tracks start from (default: "
+                          f"{DEFAULT_NUM_QUERY_FRAMES})")
+    run.add_argument("--max-query-points", type=_positive_int, default=DEFAULT_MAX_QUERY_POINTS, metavar="N",
+                     help=f"most points tracked, over all query frames (default: {DEFAULT_MAX_QUERY_POINTS})")
+    run.add_argument("--query-method", choices=QUERY_POINT_METHODS, default="grid",
+                     help="grid: the most confident pixels of an even grid; sift: SIFT keypoints (default: grid)")
+    run.add_argument("--shared-camera", action="store_true",
+                     help="bundle adjustment with one camera (focal length) for all frames, e.g. one video")
     run.add_argument("--frames-chunk-size", type=int, default=DEFAULT_FRAMES_CHUNK_SIZE,
                      help=f"frames decoded at once by the dense heads (memory vs speed; default "
                           f"{DEFAULT_FRAMES_CHUNK_SIZE})")
@@ -72,6 +89,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_finetune_command(commands)
     return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from error
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number of at least 1, got {text!r}")
+    return value
 
 
 def _focal(text: str) -> tuple[float, str]:
@@ -122,6 +149,28 @@ def adjust_scene(recon, args: argparse.Namespace):
     return recon
 
 
+def track_and_refine(model, recon, args: argparse.Namespace, progress):
+    """Tracks from ``--query-frames`` frames, then (``--bundle-adjust``) bundle adjustment.
+
+    Returns ``(reconstruction, report or None)``; a failed adjustment keeps the tracked input.
+    """
+    from .tracks import track_reconstruction
+
+    def tracking_progress(fraction: float, message: str) -> None:
+        progress(0.9 + 0.03 * fraction, message)
+
+    recon = track_reconstruction(model, recon, num_query_frames=args.query_frames,
+                                 max_query_points=args.max_query_points, method=args.query_method,
+                                 frames_chunk_size=args.frames_chunk_size, progress=tracking_progress)
+    if not args.bundle_adjust:
+        return recon, None
+    from .bundle_adjustment import bundle_adjust
+
+    result = bundle_adjust(recon, shared_camera=args.shared_camera,
+                           progress=lambda fraction, message: progress(0.93 + 0.02 * fraction, message))
+    return result.reconstruction, result.report
+
+
 def parse_formats(text: str) -> list[str]:
     formats = [item.strip().lower() for item in text.split(",") if item.strip()]
     unknown = [item for item in formats if item not in EXPORT_FORMATS]
@@ -158,14 +207,25 @@ def run_reconstruct(args: argparse.Namespace) -> int:
         recon = reconstruct_frames(model, frames, mode=args.mode, frames_chunk_size=args.frames_chunk_size,
                                    progress=model_progress)
         recon = adjust_scene(recon, args)
-        progress(0.9, "writing exports")
+        refinement = None
+        if args.tracks or args.bundle_adjust:
+            recon, refinement = track_and_refine(model, recon, args, progress)
+        progress(0.95, "writing exports")
         written = export_all(recon, args.out, formats=formats, settings=settings,
-                             colmap_binary=args.colmap_format == "bin")
+                             colmap_binary=args.colmap_format == "bin",
+                             originals=[frame.source for frame in frames] if len(frames) == recon.num_frames
+                             else None)
         progress(1.0, "done")
 
     height, width = recon.image_size_hw
     print(f"Reconstructed {recon.num_frames} frames at {width}x{height} in {time.perf_counter() - started:.1f} s "
           f"(checkpoint {args.checkpoint}, device {next(model.parameters()).device}).")
+    if recon.tracks is not None:
+        print(f"Tracked {recon.tracks.shape[1]} points from {len(set(recon.track_query_frames.tolist()))} "
+              "query frames.")
+    if refinement is not None:
+        print(("Bundle adjustment: " if refinement.refined else "warning: bundle adjustment skipped: ")
+              + refinement.message)
     for name, path in written.items():
         print(f"  {name:<8} {path}")
     return 0

@@ -30,7 +30,15 @@ DEFAULT_FRAMES_CHUNK_SIZE = 8
 
 # What a reconstruction can be written as (vggt_core.export); here so that the CLI can list
 # them without importing the exporters.
-EXPORT_FORMATS = ("glb", "ply", "colmap", "npz", "depth")
+EXPORT_FORMATS = ("glb", "ply", "colmap", "npz", "depth", "nerfstudio", "splatting")
+# Point tracks (vggt_core.tracks): query frames spread over the sequence, points in total, and
+# how query points are picked.
+DEFAULT_NUM_QUERY_FRAMES = 4
+DEFAULT_MAX_QUERY_POINTS = 4096
+QUERY_POINT_METHODS = ("grid", "sift")
+
+# Written when no formats are named: the bundles with photos at full resolution are opt-in.
+DEFAULT_EXPORT_FORMATS = ("glb", "ply", "colmap", "npz", "depth")
 
 
 @dataclass

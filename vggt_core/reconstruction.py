@@ -65,6 +65,10 @@ _ARRAY_FIELDS: tuple[tuple[str, type, bool], ...] = (
     ("track_query_frames", np.int64, True),
     ("sky_mask", np.bool_, True),
     ("predicted_intrinsics", np.float32, True),
+    ("sparse_points", np.float32, True),
+    ("sparse_point_colors", np.uint8, True),
+    ("sparse_point_tracks", np.int64, True),
+    ("sparse_observations", np.bool_, True),
 )
 
 # Arrays stored at a lower precision than they are used at (see docs/store.md, "What is stored"):
@@ -121,6 +125,12 @@ class Reconstruction:
         predicted_intrinsics: ``[S, 3, 3]`` float32, the network's own intrinsics when
             ``intrinsics`` were replaced by known focal lengths (see :mod:`vggt_core.intrinsics`),
             or None: ``intrinsics`` are the predicted ones.
+        sparse_points: ``[P, 3]`` float32 world points triangulated from tracks and refined by
+            bundle adjustment (:mod:`vggt_core.bundle_adjustment`), or None.
+        sparse_point_colors: ``[P, 3]`` uint8 RGB of each sparse point (given with the points).
+        sparse_point_tracks: ``[P]`` int64, the column of ``tracks`` each sparse point comes from.
+        sparse_observations: ``[S, P]`` bool, True where frame ``s`` observes point ``p`` (at
+            ``tracks[s, sparse_point_tracks[p]]``) and bundle adjustment used that observation.
         info: JSON-serialisable facts about the scene that are not arrays (units, how the
             cameras were obtained, a refinement report ...); stored as JSON in the file.
     """
@@ -144,6 +154,10 @@ class Reconstruction:
     track_query_frames: np.ndarray | None = None
     sky_mask: np.ndarray | None = None
     predicted_intrinsics: np.ndarray | None = None
+    sparse_points: np.ndarray | None = None
+    sparse_point_colors: np.ndarray | None = None
+    sparse_point_tracks: np.ndarray | None = None
+    sparse_observations: np.ndarray | None = None
     info: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -190,6 +204,7 @@ class Reconstruction:
         if (self.world_points is None) != (self.world_points_conf is None):
             raise InputError("world_points and world_points_conf must be given together")
         self._check_tracks(num_frames)
+        self._check_sparse_points(num_frames)
         if not isinstance(self.info, dict):
             raise InputError(f"info must be a dict, got {type(self.info).__name__}")
         try:
@@ -217,6 +232,26 @@ class Reconstruction:
         if self.track_query_frames is not None and num_tracks and (
                 self.track_query_frames.min() < 0 or self.track_query_frames.max() >= num_frames):
             raise InputError(f"track_query_frames must be frame indices in [0, {num_frames})")
+
+    def _check_sparse_points(self, num_frames: int) -> None:
+        sparse_fields = (self.sparse_points, self.sparse_point_colors, self.sparse_point_tracks,
+                         self.sparse_observations)
+        if all(value is None for value in sparse_fields):
+            return
+        if any(value is None for value in sparse_fields):
+            raise InputError("sparse_points, sparse_point_colors, sparse_point_tracks and sparse_observations "
+                             "must be given together")
+        if self.sparse_points.ndim != 2 or self.sparse_points.shape[1] != 3:
+            raise InputError(f"sparse_points must have shape [P, 3], got {list(self.sparse_points.shape)}")
+        num_points = self.sparse_points.shape[0]
+        for name, shape in (("sparse_point_colors", (num_points, 3)), ("sparse_point_tracks", (num_points,)),
+                            ("sparse_observations", (num_frames, num_points))):
+            value = getattr(self, name)
+            if value.shape != shape:
+                raise InputError(f"{name} must have shape {list(shape)}, got {list(value.shape)}")
+        num_tracks = 0 if self.tracks is None else self.tracks.shape[1]
+        if num_points and (self.sparse_point_tracks.min() < 0 or self.sparse_point_tracks.max() >= num_tracks):
+            raise InputError(f"sparse_point_tracks must be track indices in [0, {num_tracks})")
 
     # ----------------------------------------------------------------------------------------
 
@@ -261,8 +296,8 @@ class Reconstruction:
     def scaled(self, factor: float, units: str | None = None) -> Reconstruction:
         """A copy with every length multiplied by ``factor``; this one is unchanged.
 
-        Depth, both point maps and the camera translations (also in the pose encoding) are
-        scaled; rotations, intrinsics, confidences, images and tracks (pixels) are not, so the
+        Depth, both point maps, the sparse points and the camera translations (also in the pose
+        encoding) are scaled; rotations, intrinsics, confidences, images and tracks (pixels) are not, so the
         cameras still see every point at the same pixel. ``info["scale_factor"]`` accumulates
         the factors and ``info["units"]`` becomes ``units`` (kept when None). See docs/scene.md.
 
@@ -291,6 +326,7 @@ class Reconstruction:
             depth=self.depth * np.float32(factor),
             points_from_depth=self.points_from_depth * np.float32(factor),
             world_points=None if self.world_points is None else self.world_points * np.float32(factor),
+            sparse_points=None if self.sparse_points is None else self.sparse_points * np.float32(factor),
             pose_encoding=pose_encoding,
             frame_names=list(self.frame_names),
             info=info,
@@ -611,18 +647,57 @@ def reconstruct(
     return reconstruction
 
 
-def reconstruction_from_synthetic_scene(scene: Any) -> Reconstruction:
+def _synthetic_tracks(depth: np.ndarray, extrinsics: np.ndarray, intrinsics: np.ndarray, num_tracks: int,
+                      noise_px: float, seed: int) -> dict[str, np.ndarray]:
+    """True tracks of surface points: track ``n`` starts at a random pixel of frame ``n mod S``
+    (``depth [S, H, W]``, cameras ``[S, 3, 4]``/``[S, 3, 3]``), is projected into every frame and
+    is visible where it is inside the frame and not hidden (its depth matches the depth map)."""
+    rng = np.random.default_rng(seed)
+    num_frames, height, width = depth.shape
+    frames = np.arange(num_tracks) % num_frames
+    columns = rng.integers(0, width, num_tracks)
+    rows = rng.integers(0, height, num_tracks)
+    z = depth[frames, rows, columns].astype(np.float64)
+    k = intrinsics[frames].astype(np.float64)
+    camera = np.stack([(columns - k[:, 0, 2]) / k[:, 0, 0] * z, (rows - k[:, 1, 2]) / k[:, 1, 1] * z, z], axis=1)
+    rotation, translation = extrinsics[frames, :, :3].astype(np.float64), extrinsics[frames, :, 3].astype(np.float64)
+    world = np.einsum("nji,nj->ni", rotation, camera - translation)
+    pixels, point_depth = geometry.project_points(world, extrinsics.astype(np.float64),
+                                                  intrinsics.astype(np.float64))
+    x_index = np.clip(np.round(pixels[..., 0]).astype(np.int64), 0, width - 1)
+    y_index = np.clip(np.round(pixels[..., 1]).astype(np.int64), 0, height - 1)
+    seen_depth = depth[np.arange(num_frames)[:, None], y_index, x_index]
+    visible = ((pixels[..., 0] >= 0) & (pixels[..., 0] <= width - 1) & (pixels[..., 1] >= 0)
+               & (pixels[..., 1] <= height - 1) & (point_depth > 0)
+               & (np.abs(seen_depth - point_depth) <= 0.01 * np.abs(point_depth)))
+    noisy = pixels + rng.normal(0.0, noise_px, pixels.shape)
+    queries = np.stack([columns, rows], axis=1).astype(np.float64)
+    noisy[frames, np.arange(num_tracks)] = queries  # a query point is exact in its own frame
+    visible[frames, np.arange(num_tracks)] = True
+    return {"tracks": noisy.astype(np.float32), "track_visibility": visible.astype(np.float32),
+            "track_confidence": visible.astype(np.float32), "query_points": queries.astype(np.float32),
+            "track_query_frames": frames.astype(np.int64)}
+
+
+def reconstruction_from_synthetic_scene(scene: Any, *, num_tracks: int = 0, track_noise_px: float = 0.0,
+                                        seed: int = 0) -> Reconstruction:
     """A ground-truth :class:`Reconstruction` of a :class:`vggt_core.synthetic.SyntheticScene`.
 
     True cameras and depth, all confidences 1, and the point branch equal to the depth branch,
     so everything downstream (filtering, viewers, exporters) can be checked against the exact
     scene surfaces. Frames are named ``<scene>_000``, ...
+
+    With ``num_tracks`` > 0 it also holds true point tracks: surface points seen from a random
+    pixel of frame ``n mod S``, projected into every frame with Gaussian noise of
+    ``track_noise_px`` pixels (exact in their query frame), visible where not hidden.
     """
     depth = np.asarray(scene.depth, dtype=np.float32)
     extrinsics = np.asarray(scene.extrinsics, dtype=np.float32)
     intrinsics = np.asarray(scene.intrinsics, dtype=np.float32)
     points = _unproject_in_chunks(depth, extrinsics, intrinsics)
     height, width = depth.shape[1:]
+    tracks = (_synthetic_tracks(depth, extrinsics, intrinsics, int(num_tracks), float(track_noise_px), seed)
+              if num_tracks > 0 else {})
     return Reconstruction(
         images=scene.images,
         extrinsics=extrinsics,
@@ -635,4 +710,5 @@ def reconstruction_from_synthetic_scene(scene: Any) -> Reconstruction:
         pose_encoding=geometry.extrinsics_intrinsics_to_pose_encoding(
             extrinsics, intrinsics, (height, width)),
         frame_names=[f"{scene.name}_{index:03d}" for index in range(depth.shape[0])],
+        **tracks,
     )

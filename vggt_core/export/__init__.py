@@ -1,8 +1,10 @@
 """File exports of a :class:`~vggt_core.reconstruction.Reconstruction`.
 
 ``glb`` (viewer scene), ``ply`` (point cloud), ``colmap`` (sparse model, also zipped),
-``npz`` (the full reconstruction, reloadable with ``Reconstruction.load``) and ``depth`` (depth
-and confidence maps at the photos' resolution, also zipped).
+``npz`` (the full reconstruction, reloadable with ``Reconstruction.load``), ``depth`` (depth
+and confidence maps at the photos' resolution, also zipped), ``nerfstudio`` (``transforms.json``
+with the photos, also zipped) and ``splatting`` (a zip of ``images/`` + ``sparse/0/`` for
+Gaussian-splatting trainers).
 """
 
 from __future__ import annotations
@@ -14,26 +16,34 @@ from pathlib import Path
 from typing import Sequence
 
 from ..atomic_files import atomic_write_bytes, atomic_writer
-from ..config import EXPORT_FORMATS
+from ..config import DEFAULT_EXPORT_FORMATS, EXPORT_FORMATS
 from ..errors import InputError
 from ..filtering import ViewSettings
 from ..reconstruction import Reconstruction
-from .colmap import build_colmap_reconstruction, export_colmap
+from .colmap import build_colmap_reconstruction, build_colmap_reconstruction_with_tracks, export_colmap
 from .depth import export_depth_maps
 from .glb import GlbExport, build_scene, export_glb
+from .nerfstudio import export_nerfstudio, nerfstudio_transforms
+from .photos import OriginalImage
 from .ply import export_ply, write_ply
+from .splatting import export_splatting_bundle
 
 __all__ = [
+    "DEFAULT_EXPORT_FORMATS",
     "EXPORT_FORMATS",
     "GlbExport",
     "build_colmap_reconstruction",
+    "build_colmap_reconstruction_with_tracks",
     "build_scene",
     "export_all",
     "export_colmap",
     "export_depth_maps",
     "export_glb",
+    "export_nerfstudio",
     "export_npz",
     "export_ply",
+    "export_splatting_bundle",
+    "nerfstudio_transforms",
     "write_ply",
     "zip_folder",
 ]
@@ -46,6 +56,8 @@ NPZ_NAME = "reconstruction.npz"
 COLMAP_DIR_NAME = "colmap"
 COLMAP_MODEL_SUBDIR = Path("sparse") / "0"
 DEPTH_DIR_NAME = "depth_maps"
+NERFSTUDIO_DIR_NAME = "nerfstudio"
+SPLATTING_ZIP_NAME = "splatting.zip"
 # COLMAP's files have no place for units: they go into this file beside sparse/.
 COLMAP_UNITS_FILE = "units.txt"
 
@@ -67,17 +79,20 @@ def export_npz(recon: Reconstruction, path: str | os.PathLike) -> Path:
 
 
 def export_all(recon: Reconstruction, directory: str | os.PathLike,
-               formats: Sequence[str] = EXPORT_FORMATS,
+               formats: Sequence[str] = DEFAULT_EXPORT_FORMATS,
                settings: ViewSettings = ViewSettings(), colmap_binary: bool = True, *,
-               durable: bool = True) -> dict[str, Path]:
+               durable: bool = True, originals: Sequence[OriginalImage | None] | None = None) -> dict[str, Path]:
     """Write the requested formats into ``directory`` (created if needed); the COLMAP model in
     COLMAP's binary format, or its text format with ``colmap_binary=False``. Every file is
-    written atomically; ``durable=False`` skips the fsync calls.
+    written atomically; ``durable=False`` skips the fsync calls. ``originals`` (per frame a
+    photo path or PIL image) go into the nerfstudio and splatting exports; without them the
+    stored frames are warped back to the photos' size (:mod:`vggt_core.export.photos`).
 
     Returns:
         ``{"glb": scene.glb, "ply": points.ply, "colmap": colmap/sparse/0 (the model),
-        "colmap_zip": colmap.zip (holding sparse/0/...), "npz": reconstruction.npz}`` for the
-        formats asked for.
+        "colmap_zip": colmap.zip (holding sparse/0/...), "npz": reconstruction.npz,
+        "depth"/"depth_zip", "nerfstudio": nerfstudio/transforms.json, "nerfstudio_zip",
+        "splatting": splatting.zip}`` for the formats asked for.
 
     Raises:
         InputError: an unknown format name.
@@ -109,6 +124,16 @@ def export_all(recon: Reconstruction, directory: str | os.PathLike,
         export_depth_maps(recon, depth_root)
         written["depth"] = depth_root
         written["depth_zip"] = zip_folder(depth_root, target / f"{DEPTH_DIR_NAME}.zip", durable=durable)
+    if "nerfstudio" in formats:
+        nerfstudio_root = target / NERFSTUDIO_DIR_NAME
+        if nerfstudio_root.exists():
+            shutil.rmtree(nerfstudio_root)
+        written["nerfstudio"] = export_nerfstudio(recon, nerfstudio_root, originals, settings, durable=durable)
+        written["nerfstudio_zip"] = zip_folder(nerfstudio_root, target / f"{NERFSTUDIO_DIR_NAME}.zip",
+                                               durable=durable)
+    if "splatting" in formats:
+        written["splatting"] = export_splatting_bundle(recon, target / SPLATTING_ZIP_NAME, originals, settings,
+                                                       durable=durable)
     return written
 
 

@@ -5,6 +5,13 @@ its own PINHOLE camera; by default it is expressed for the original photo, so th
 matches the user's files rather than the resized model input. COLMAP puts the centre of the
 top-left pixel at (0.5, 0.5), i.e. continuous coordinates with the corner at 0, which is the
 convention of :class:`vggt_core.images.FrameTransform` and hence of the rescaled intrinsics.
+
+With point tracks the model holds real multi-view points: the sparse points of a bundle
+adjustment (or the tracks triangulated from the current cameras), each with every observation
+it was refined on, mapped to the photos' pixels like the intrinsics. Without tracks every point
+of the selection is seen only by its own frame.
+
+pycolmap is imported inside the functions: importing it installs glog's signal handlers.
 """
 
 from __future__ import annotations
@@ -15,14 +22,14 @@ import os
 from pathlib import Path
 
 import numpy as np
-import pycolmap
 
 from .. import geometry
 from ..atomic_files import atomic_directory
 from ..filtering import PointSelection, ViewSettings, select_points
 from ..reconstruction import Reconstruction
 
-__all__ = ["DEFAULT_COLMAP_MAX_POINTS", "build_colmap_reconstruction", "export_colmap"]
+__all__ = ["DEFAULT_COLMAP_MAX_POINTS", "build_colmap_reconstruction", "build_colmap_reconstruction_with_tracks",
+           "export_colmap"]
 
 # COLMAP tools load points one object at a time; beyond ~1e5 files get slow to use for little gain.
 DEFAULT_COLMAP_MAX_POINTS = 100_000
@@ -69,8 +76,11 @@ def _text_safe_name(name: str) -> str:
 
 def build_colmap_reconstruction(recon: Reconstruction, selection: PointSelection,
                                 original_resolution: bool = True,
-                                image_names: list[str] | None = None) -> pycolmap.Reconstruction:
+                                image_names: list[str] | None = None) -> "pycolmap.Reconstruction":
     """An in-memory COLMAP model: all frames' cameras and images, the selected points.
+
+    With tracks (``recon.tracks``), see :func:`build_colmap_reconstruction_with_tracks` instead;
+    this function always writes the selection.
 
     Image ``i`` (id ``i + 1``) has camera ``i + 1`` and name ``recon.frame_names[i]``. Every
     3-D point has a one-element track: the frame it came from, with a 2-D point at its
@@ -84,6 +94,8 @@ def build_colmap_reconstruction(recon: Reconstruction, selection: PointSelection
         original_resolution: cameras for the original photos (True) or the model-input frames.
         image_names: names to write instead of ``recon.frame_names``.
     """
+    import pycolmap
+
     names = list(image_names) if image_names is not None else recon.frame_names
     intrinsics, sizes = _exported_cameras(recon, original_resolution)
     extrinsics = recon.extrinsics.astype(np.float64)
@@ -116,27 +128,82 @@ def build_colmap_reconstruction(recon: Reconstruction, selection: PointSelection
     return model
 
 
+def build_colmap_reconstruction_with_tracks(recon: Reconstruction, original_resolution: bool = True,
+                                            image_names: list[str] | None = None) -> "pycolmap.Reconstruction":
+    """An in-memory COLMAP model whose points3D are multi-view tracks.
+
+    The points are ``recon.sparse_points`` with their ``sparse_observations`` (after
+    :func:`vggt_core.bundle_adjust`), else the tracks triangulated from the current cameras
+    (:func:`vggt_core.bundle_adjustment.with_triangulated_tracks`). Image ``i`` (id ``i + 1``)
+    has camera ``i + 1``; its 2-D points are the tracked positions in the photo's pixels; every
+    point's error is its mean reprojection error there.
+    """
+    import pycolmap
+
+    from ..bundle_adjustment import with_triangulated_tracks
+
+    sparse = with_triangulated_tracks(recon)
+    names = list(image_names) if image_names is not None else recon.frame_names
+    intrinsics, sizes = _exported_cameras(recon, original_resolution)
+    extrinsics = recon.extrinsics.astype(np.float64)
+    observations = sparse.sparse_observations
+    if sparse.sparse_points is None:
+        observations = np.zeros((recon.num_frames, 0), dtype=bool)
+    columns = sparse.sparse_point_tracks if sparse.sparse_points is not None else np.zeros(0, np.int64)
+    model = pycolmap.Reconstruction()
+    point2d_index = np.full(observations.shape, -1, dtype=np.int64)
+    for index in range(recon.num_frames):
+        seen = np.flatnonzero(observations[index])
+        pixels = recon.tracks[index, columns[seen]].astype(np.float64)
+        if original_resolution:
+            pixels = recon.frame_transform(index).processed_to_original(pixels).reshape(-1, 2)
+        point2d_index[index, seen] = np.arange(len(seen))
+        fx, fy, cx, cy = intrinsics[index][[0, 1, 0, 1], [0, 1, 2, 2]]
+        model.add_camera_with_trivial_rig(pycolmap.Camera(
+            model="PINHOLE", width=int(sizes[index, 0]), height=int(sizes[index, 1]), params=[fx, fy, cx, cy],
+            camera_id=index + 1))
+        image = pycolmap.Image(name=names[index], keypoints=pixels, camera_id=index + 1, image_id=index + 1)
+        model.add_image_with_trivial_frame(image, pycolmap.Rigid3d(extrinsics[index]))
+    if sparse.sparse_points is not None:
+        for point in range(len(columns)):
+            frames = np.flatnonzero(observations[:, point])
+            track = pycolmap.Track([pycolmap.TrackElement(int(frame) + 1, int(point2d_index[frame, point]))
+                                    for frame in frames])
+            model.add_point3D(sparse.sparse_points[point].astype(np.float64), track,
+                              sparse.sparse_point_colors[point])
+    model.update_point_3d_errors()
+    return model
+
+
 def export_colmap(recon: Reconstruction, directory: str | os.PathLike,
                   settings: ViewSettings = ViewSettings(), binary: bool = True,
                   original_resolution: bool = True,
-                  max_points: int | None = DEFAULT_COLMAP_MAX_POINTS, *, durable: bool = True) -> Path:
+                  max_points: int | None = DEFAULT_COLMAP_MAX_POINTS, *, durable: bool = True,
+                  image_names: list[str] | None = None) -> Path:
     """Write a COLMAP sparse model (``cameras``, ``images``, ``points3D``, plus pycolmap's
     ``rigs``/``frames``) as ``.bin`` or ``.txt`` files into ``directory`` (created if needed),
     which is replaced as a whole (:func:`vggt_core.atomic_files.atomic_directory`).
 
-    ``settings`` choose the points; the cameras of all frames are always written. The number of
+    ``settings`` choose the points; the cameras of all frames are always written. When the
+    reconstruction has tracks, the points are its multi-view tracks instead
+    (:func:`build_colmap_reconstruction_with_tracks`) and ``settings`` are not used. The number of
     points is capped at the smaller of ``settings.max_points`` and ``max_points``. Image names
     are the frame names; in the text format spaces in them become underscores, because COLMAP
-    cannot read names with spaces from text files.
+    cannot read names with spaces from text files. ``image_names`` replaces the frame names
+    (e.g. the file names of an ``images/`` folder written beside the model).
 
     Returns:
         ``directory`` as a :class:`Path`.
     """
     caps = [cap for cap in (settings.max_points, max_points) if cap is not None]
     settings = dataclasses.replace(settings, max_points=min(caps) if caps else None)
-    names = None if binary else [_text_safe_name(name) for name in recon.frame_names]
-    model = build_colmap_reconstruction(recon, select_points(recon, settings), original_resolution,
-                                        image_names=names)
+    names = list(image_names) if image_names is not None else recon.frame_names
+    names = names if binary else [_text_safe_name(name) for name in names]
+    if recon.tracks is not None:
+        model = build_colmap_reconstruction_with_tracks(recon, original_resolution, image_names=names)
+    else:
+        model = build_colmap_reconstruction(recon, select_points(recon, settings), original_resolution,
+                                            image_names=names)
     target = Path(directory)
     target.parent.mkdir(parents=True, exist_ok=True)
     with atomic_directory(target, durable=durable) as temporary:

@@ -159,8 +159,21 @@ class CorrelationPyramid:
             maps = F.avg_pool2d(maps, 2, stride=2)
             self.pyramid.append(maps.reshape(batch, frames, channels, *maps.shape[-2:]))
 
-    def sample(self, track_features: torch.Tensor, coordinates: torch.Tensor) -> torch.Tensor:
-        """Correlation windows: features ``[B, S, N, C]``, coords ``[B, S, N, 2]`` -> ``[B, S, N, levels*(2r+1)^2]``."""
+    def sample(self, track_features: torch.Tensor, coordinates: torch.Tensor,
+               points_chunk_size: int | None = None) -> torch.Tensor:
+        """Correlation windows: features ``[B, S, N, C]``, coords ``[B, S, N, 2]`` -> ``[B, S, N, levels*(2r+1)^2]``.
+
+        Every point's correlation map is independent of the others, so ``points_chunk_size``
+        points at a time give the same values while bounding the ``[B, S, n, H·W]`` maps.
+        """
+        points = track_features.shape[2]
+        if points_chunk_size is None or points <= points_chunk_size:
+            return self._sample_chunk(track_features, coordinates)
+        return torch.cat([self._sample_chunk(track_features[:, :, start:start + points_chunk_size],
+                                             coordinates[:, :, start:start + points_chunk_size])
+                          for start in range(0, points, points_chunk_size)], dim=2)
+
+    def _sample_chunk(self, track_features: torch.Tensor, coordinates: torch.Tensor) -> torch.Tensor:
         batch, frames, points, channels = track_features.shape
         window = 2 * self.radius + 1
         offsets = torch.linspace(-self.radius, self.radius, window, dtype=coordinates.dtype,
@@ -172,7 +185,8 @@ class CorrelationPyramid:
         for level, maps in enumerate(self.pyramid):
             height, width = maps.shape[-2:]
             correlation = torch.matmul(track_features, maps.reshape(batch, frames, channels, height * width))
-            correlation = correlation / torch.sqrt(torch.tensor(channels, dtype=torch.float32))
+            # In place: the same values without a second [B, S, n, H·W] tensor.
+            correlation.div_(torch.sqrt(torch.tensor(channels, dtype=torch.float32)))
             correlation = correlation.reshape(batch * frames * points, 1, height, width)
             centres = coordinates.reshape(batch * frames * points, 1, 1, 2) / 2 ** level
             windows = sample_bilinear(correlation, (centres + window_offsets).to(correlation.dtype), "zeros")
@@ -205,10 +219,12 @@ class Tracker(nn.Module):
         self.vis_predictor = nn.Sequential(nn.Linear(latent, 1))
         self.conf_predictor = nn.Sequential(nn.Linear(latent, 1))
 
-    def forward(self, query_points: torch.Tensor, feature_maps: torch.Tensor, iterations: int | None = None):
+    def forward(self, query_points: torch.Tensor, feature_maps: torch.Tensor, iterations: int | None = None,
+                points_chunk_size: int | None = None):
         """Args:
             query_points: ``[B, N, 2]`` pixels (x, y) in frame 0.
             feature_maps: ``[B, S, L, Hf, Wf]`` at ``1/stride`` resolution.
+            points_chunk_size: points whose correlation maps are computed at once (memory only).
         Returns: (list of ``[B, S, N, 2]`` pixel tracks per iteration, vis ``[B, S, N]``, conf ``[B, S, N]``).
         """
         batch, points, _ = query_points.shape
@@ -229,7 +245,7 @@ class Tracker(nn.Module):
         predictions = []
         for _ in range(iterations or self.iterations):
             coordinates = coordinates.detach()
-            correlation = pyramid.sample(track_features, coordinates)
+            correlation = pyramid.sample(track_features, coordinates, points_chunk_size)
             correlation = correlation.permute(0, 2, 1, 3).reshape(batch * points, frames, -1)
             correlation = self.corr_mlp(correlation)
             flow = (coordinates - coordinates[:, :1]).permute(0, 2, 1, 3).reshape(batch * points, frames, 2)
@@ -266,5 +282,10 @@ class TrackHead(nn.Module):
 
         Returns: (list of ``[B, S, N, 2]`` per iteration, vis ``[B, S, N]``, conf ``[B, S, N]``).
         """
-        feature_maps = self.feature_extractor(tokens_list, image_size_hw, patch_start_idx, frames_chunk_size)
+        feature_maps = self.feature_maps(tokens_list, image_size_hw, patch_start_idx, frames_chunk_size)
         return self.tracker(query_points, feature_maps, iters)
+
+    def feature_maps(self, tokens_list: list[torch.Tensor | None], image_size_hw: tuple[int, int],
+                     patch_start_idx: int, frames_chunk_size: int | None = 8) -> torch.Tensor:
+        """The tracker's per-frame features ``[B, S, L, H/2, W/2]`` (decoded ``frames_chunk_size`` at a time)."""
+        return self.feature_extractor(tokens_list, image_size_hw, patch_start_idx, frames_chunk_size)

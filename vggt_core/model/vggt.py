@@ -137,6 +137,45 @@ class VGGT(nn.Module):
             predictions["images"] = images
         return predictions
 
+    # ----------------------------------------------------------------------------- tracks from any frame
+    def track_feature_maps(self, images: torch.Tensor,
+                           frames_chunk_size: int | None = DEFAULT_FRAMES_CHUNK_SIZE) -> torch.Tensor:
+        """Run the aggregator (keeping only the track head's layers) and the track feature head once.
+
+        Args:
+            images: ``[S, 3, H, W]`` or ``[B, S, 3, H, W]`` in [0, 1], H and W multiples of 14 and at
+                least ``config.track_head.min_image_side``.
+        Returns: ``[B, S, L, H/2, W/2]`` feature maps for :meth:`track_with_feature_maps`; they may
+            be reordered along S so that another frame leads (see docs/architecture.md, *Track head*).
+        """
+        if self.track_head is None:
+            raise ValueError("this model has no track head")
+        images, _ = self._validate_inputs(images, None)
+        minimum = self.config.track_head.min_image_side
+        if min(images.shape[-2:]) < minimum:
+            raise ValueError(f"tracking needs images of at least {minimum}x{minimum} pixels, "
+                             f"got {images.shape[-2]}x{images.shape[-1]}")
+        with torch.inference_mode(not self.training):
+            with self._aggregator_autocast(images.device):
+                tokens_list, patch_start_idx = self.aggregator(
+                    images, keep_layers=list(self.config.track_head.intermediate_layer_idx))
+            return self.track_head.feature_maps(tokens_list, tuple(images.shape[-2:]), patch_start_idx,
+                                                frames_chunk_size)
+
+    def track_with_feature_maps(self, query_points: torch.Tensor, feature_maps: torch.Tensor,
+                                points_chunk_size: int | None = None):
+        """The tracker alone: query points ``[B, N, 2]`` in pixels of frame 0 *of* ``feature_maps``
+        ``[B, S, L, Hf, Wf]`` (frame 0 gets the query token).
+
+        Returns: ``(track [B, S, N, 2], vis [B, S, N], conf [B, S, N])`` as in :meth:`forward`.
+        """
+        if self.track_head is None:
+            raise ValueError("this model has no track head")
+        with torch.inference_mode(not self.training):
+            track_list, visibility, confidence = self.track_head.tracker(
+                query_points.to(feature_maps.dtype), feature_maps, points_chunk_size=points_chunk_size)
+        return track_list[-1], visibility, confidence
+
     def _dense_or_camera_uses(self, layer_index: int) -> bool:
         cfg = self.config
         if cfg.enable_camera and layer_index == cfg.depth - 1:
