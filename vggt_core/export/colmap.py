@@ -20,6 +20,7 @@ import dataclasses
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -27,6 +28,9 @@ from .. import geometry
 from ..atomic_files import atomic_directory
 from ..filtering import PointSelection, ViewSettings, select_points
 from ..reconstruction import Reconstruction
+
+if TYPE_CHECKING:  # only for annotations; see the module docstring
+    import pycolmap
 
 __all__ = ["DEFAULT_COLMAP_MAX_POINTS", "build_colmap_reconstruction", "build_colmap_reconstruction_with_tracks",
            "export_colmap"]
