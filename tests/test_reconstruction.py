@@ -229,7 +229,41 @@ def test_save_load_round_trip_with_every_field(tmp_path, scene):
         info={"units": "m", "scale": 2.5, "nested": {"list": [1, 2]}},
     )
     loaded = Reconstruction.load(recon.save(tmp_path / "full.npz"))
-    _assert_same(loaded, recon)
+    # What a file keeps: confidences at float16 precision, and the depth branch's points
+    # recomputed from the (edited) depth.
+    expected = dataclasses.replace(recon.at_stored_precision(), points_from_depth=geometry.unproject_depth_map_to_world_points(
+        depth, recon.extrinsics, recon.intrinsics).astype(np.float32))
+    _assert_same(loaded, expected)
+    np.testing.assert_allclose(loaded.depth_conf, recon.depth_conf, rtol=1e-3)
+    assert Reconstruction.from_bytes((tmp_path / "full.npz").read_bytes()).num_frames == NUM_VIEWS
+
+
+def test_files_store_only_what_cannot_be_recomputed(tmp_path, scene):
+    recon = reconstruction_from_synthetic_scene(scene)
+    path = recon.save(tmp_path / "lean.npz")
+    with np.load(path) as archive:
+        assert "points_from_depth" not in archive.files
+        assert archive["depth_conf"].dtype == np.float16 and archive["depth"].dtype == np.float32
+        # Not compressed: the size is the arrays' bytes plus small headers.
+        stored = sum(archive[key].nbytes for key in archive.files)
+    assert path.stat().st_size < stored * 1.01 + 10_000
+    loaded = Reconstruction.load(path)
+    assert loaded.depth_conf.dtype == np.float32
+    np.testing.assert_array_equal(loaded.points_from_depth, recon.points_from_depth)
+    # A huge confidence saturates at float16's largest value instead of becoming inf.
+    depth_conf = recon.depth_conf.copy()
+    depth_conf[0, 0, 0] = 1e9
+    saturated = Reconstruction.load(dataclasses.replace(recon, depth_conf=depth_conf).save(tmp_path / "big.npz"))
+    assert saturated.depth_conf[0, 0, 0] == np.finfo(np.float16).max
+
+
+def test_points_from_depth_stored_by_older_files_are_read_as_they_are(tmp_path, scene):
+    recon = reconstruction_from_synthetic_scene(scene)
+    with np.load(recon.save(tmp_path / "lean.npz")) as archive:
+        contents = {key: archive[key] for key in archive.files}
+    marker = np.full_like(recon.points_from_depth, 7.0)
+    _write_npz(tmp_path / "old.npz", **contents, points_from_depth=marker)
+    np.testing.assert_array_equal(Reconstruction.load(tmp_path / "old.npz").points_from_depth, marker)
 
 
 def test_version_1_file_still_loads():

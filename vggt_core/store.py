@@ -1,12 +1,18 @@
-"""Reconstructions stored on disk under unguessable ids, for share links.
+"""Reconstructions stored under unguessable ids, for share links.
 
-One folder per id, ``<root>/<id>/reconstruction.npz`` and ``metadata.json``. Entries expire a
-fixed time after they were made, and the oldest go first when the folder outgrows its size
-limit. Nothing lists the entries: the id is the only key and the secret part of a share link.
+Each entry is a few files under its id (see :mod:`vggt_core.storage` for where they live):
+``reconstruction.npz``, any ``attachments/<name>``, and ``metadata.json``, written LAST: it
+is the entry's manifest, and an entry without one is invisible (a save that has not finished,
+or was interrupted by a crash). Entries expire a fixed time after they were made, and the
+oldest go first when the store outgrows its size limit. Nothing else ever deletes one: a
+transient error (too many open files, a full disk) is reported to the user and the entry
+stays. Nothing lists the entries: the id is the only key and the secret part of a share link.
+See docs/store.md for the guarantees and the reasons behind them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -15,14 +21,17 @@ import secrets
 import shutil
 import threading
 import time
-from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .atomic_files import atomic_path
 from .errors import InputError
 from .reconstruction import Reconstruction
+from .storage import EntryStorage, LocalFolderStorage
 
 logger = logging.getLogger(__name__)
 
@@ -31,16 +40,37 @@ logger = logging.getLogger(__name__)
 # rejected before it gets near the file system, which rules out path traversal.
 RECONSTRUCTION_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{22,64}")
 RECONSTRUCTION_ID_BYTES = 18
-_INCOMING_PREFIX = ".incoming-"
-_STALE_INCOMING_SECONDS = 3600
+ATTACHMENT_NAME_PATTERN = re.compile(r"[a-z0-9_.-]+")
+# An entry without a manifest this old was left by a crash mid-save, and is removed.
+INCOMPLETE_ENTRY_GRACE_SECONDS = 3600.0
 
 
-class ReconstructionNotFoundError(LookupError):
-    """The id is malformed, unknown or expired; ``str()`` is the message for the user."""
+class StoreError(Exception):
+    """Base of the store's errors; ``str()`` is a message for the user."""
+
+
+class ReconstructionNotFoundError(StoreError, LookupError):
+    """The id is malformed, unknown or expired."""
+
+
+class StoreUnavailableError(StoreError):
+    """The storage could not be read or written just now (a transient error); nothing was
+    deleted, and the same request may succeed a moment later."""
+
+
+class StoreBusyError(StoreUnavailableError):
+    """Too many saves are waiting for the writers (back-pressure)."""
 
 
 def is_valid_reconstruction_id(text: object) -> bool:
     return isinstance(text, str) and RECONSTRUCTION_ID_PATTERN.fullmatch(text) is not None
+
+
+def check_attachment_name(name: object) -> str:
+    """``name`` if it is a valid attachment name (``[a-z0-9_.-]+``, not ``.`` or ``..``)."""
+    if not isinstance(name, str) or ATTACHMENT_NAME_PATTERN.fullmatch(name) is None or name in (".", ".."):
+        raise ValueError(f"attachment names must match [a-z0-9_.-]+, got {name!r}")
+    return name
 
 
 @dataclass(frozen=True)
@@ -54,119 +84,296 @@ class StoredReconstruction:
         return float(self.metadata.get("created_at", 0.0))
 
 
+@dataclass(frozen=True)
+class PendingSave:
+    """A save handed to the writer pool; :meth:`wait` until the entry is durable."""
+
+    id: str
+    future: Future
+
+    def wait(self, timeout_s: float | None = None) -> str:
+        """The id, once every file (manifest last) is durably written.
+
+        Raises:
+            StoreUnavailableError: the write failed after its retries (the message says why).
+        """
+        self.future.result(timeout_s)
+        return self.id
+
+    @property
+    def done(self) -> bool:
+        return self.future.done()
+
+
 class ReconstructionStore:
-    """Reconstructions on disk, one folder per id: ``<root>/<id>/reconstruction.npz`` and
-    ``metadata.json``, plus the few most recently used ones in memory.
+    """Reconstructions in an :class:`EntryStorage` (by default folders under ``root``), plus the
+    few most recently used ones in memory.
 
     Entries expire ``ttl_seconds`` after they were created, and the oldest are deleted first
-    whenever the folder grows over ``max_bytes`` (the newest entry is always kept, so a fresh
-    share link never breaks at once). There is deliberately no way to list the entries: an id is
-    the only key, and it is the secret part of a share link.
+    whenever the store grows over ``max_bytes`` (the entry just saved is always kept, so a fresh
+    share link never breaks at once). An entry being read is never deleted (readers hold a
+    lease, see :meth:`reading`). Saves run on ``writer_threads`` threads; at most
+    ``max_queued_saves`` may wait for them, after which :meth:`save` waits up to
+    ``queue_timeout_s`` and then raises :class:`StoreBusyError`. A failed write is retried
+    ``write_attempts`` times in all before its error reaches the caller.
     """
 
     RECONSTRUCTION_FILE = "reconstruction.npz"
     METADATA_FILE = "metadata.json"
+    ATTACHMENTS_FOLDER = "attachments"
 
-    def __init__(self, root: str | os.PathLike, *, ttl_seconds: float, max_bytes: int,
-                 memory_cache_size: int = 4, clock: Callable[[], float] = time.time):
-        self.root = Path(root)
+    def __init__(self, root: str | os.PathLike | None = None, *, ttl_seconds: float, max_bytes: int,
+                 memory_cache_size: int = 4, clock: Callable[[], float] = time.time,
+                 storage: EntryStorage | None = None, writer_threads: int = 2, max_queued_saves: int = 4,
+                 queue_timeout_s: float = 60.0, write_attempts: int = 3, retry_delay_s: float = 0.5):
+        if storage is None:
+            if root is None:
+                raise ValueError("give a root folder or a storage")
+            storage = LocalFolderStorage(root)
+        self.storage = storage
+        self.root = Path(root) if root is not None else None
         self.ttl_seconds = float(ttl_seconds)
         self.max_bytes = int(max_bytes)
         self.memory_cache_size = memory_cache_size
         self.clock = clock
+        self.write_attempts = max(1, int(write_attempts))
+        self.retry_delay_s = float(retry_delay_s)
+        self.queue_timeout_s = float(queue_timeout_s)
         self._cache: OrderedDict[str, StoredReconstruction] = OrderedDict()
-        # Saved but not yet on disk: id -> (reconstruction, set once the write has ended).
-        self._pending: dict[str, tuple[StoredReconstruction, threading.Event]] = {}
+        # Saved but not yet durable: id -> (reconstruction, its write).
+        self._pending: dict[str, tuple[StoredReconstruction, Future]] = {}
+        self._leases: Counter[str] = Counter()
         self._lock = threading.RLock()
-        self.root.mkdir(parents=True, exist_ok=True)
+        self._writers = ThreadPoolExecutor(max_workers=max(1, writer_threads), thread_name_prefix="store-writer")
+        self._queue_slots = threading.BoundedSemaphore(max(1, writer_threads) + max(0, max_queued_saves))
+
+    def close(self) -> None:
+        """Finish the queued writes and stop the writer threads."""
+        self._writers.shutdown(wait=True)
 
     # ---- writing
 
     def save(self, reconstruction: Reconstruction, metadata: Mapping[str, Any] | None = None, *,
              background: bool = False) -> str:
-        """Store a reconstruction under a new random id and return the id.
+        """Store a reconstruction under a new random id; returns the id once it is durable
+        (with ``background``, at once, as :meth:`save_async` does).
 
-        With ``background``, the (compressed, so slow: seconds for 50 frames) file is written by a
-        thread and the id is usable at once: until the file exists, :meth:`load` serves the
-        reconstruction from memory and :meth:`npz_path` waits for it.
+        Raises:
+            StoreUnavailableError: the storage refused the write (after retries); nothing kept.
+            StoreBusyError: the writers stayed busy for ``queue_timeout_s``.
         """
+        pending = self.save_async(reconstruction, metadata)
+        return pending.id if background else pending.wait()
+
+    def save_async(self, reconstruction: Reconstruction,
+                   metadata: Mapping[str, Any] | None = None) -> PendingSave:
+        """Hand a reconstruction to the writer pool and return at once (unless the queue is full).
+
+        The id is usable right away: :meth:`load` serves it from memory until its files exist.
+        Do not show it as a share link before :meth:`PendingSave.wait` returns.
+        """
+        if not self._queue_slots.acquire(timeout=self.queue_timeout_s):
+            raise StoreBusyError("The server is busy saving other reconstructions; please try again "
+                                 "in a minute.")
         recon_id = secrets.token_urlsafe(RECONSTRUCTION_ID_BYTES)
         info = dict(metadata or {})
         info["created_at"] = self.clock()
-        stored = StoredReconstruction(recon_id, reconstruction, info)
-        written = threading.Event()
-        with self._lock:
-            self._pending[recon_id] = (stored, written)
-            self._remember(stored)
-        if background:
-            threading.Thread(target=self._write_logging_errors, args=(stored, written),
-                             name=f"store-{recon_id[:6]}", daemon=True).start()
-        else:
-            self._write(stored, written)
-        return recon_id
-
-    def _write(self, stored: StoredReconstruction, written: threading.Event) -> None:
-        # Written under a hidden name and renamed, so no reader (or pruner) sees half an entry.
-        incoming = self.root / f"{_INCOMING_PREFIX}{stored.id}"
+        # What a reload will give back, so the scene looks the same before and after.
+        stored = StoredReconstruction(recon_id, reconstruction.at_stored_precision(), info)
         try:
-            incoming.mkdir()
-            stored.reconstruction.save(incoming / self.RECONSTRUCTION_FILE)
-            (incoming / self.METADATA_FILE).write_text(json.dumps(stored.metadata, indent=1), encoding="utf-8")
-            os.replace(incoming, self.root / stored.id)
-        except BaseException:
-            shutil.rmtree(incoming, ignore_errors=True)
-            raise
-        finally:
             with self._lock:
-                self._pending.pop(stored.id, None)
-            written.set()
-        self.prune(keep=stored.id)
+                future = self._writers.submit(self._write_with_retries, stored)
+                self._pending[recon_id] = (stored, future)
+                self._remember(stored)
+        except BaseException:
+            self._queue_slots.release()
+            raise
+        future.add_done_callback(lambda _: self._queue_slots.release())
+        return PendingSave(recon_id, future)
 
-    def _write_logging_errors(self, stored: StoredReconstruction, written: threading.Event) -> None:
+    def _write_with_retries(self, stored: StoredReconstruction) -> None:
         try:
-            self._write(stored, written)
-        except Exception:  # a full disk, say: the scene stays viewable while it is in memory
-            logger.exception("could not store reconstruction %s", stored.id)
+            for attempt in range(1, self.write_attempts + 1):
+                try:
+                    self._write(stored)
+                    break
+                except OSError as error:
+                    if attempt == self.write_attempts:
+                        logger.error("could not store reconstruction %s after %d attempts: %s",
+                                     stored.id, attempt, error)
+                        raise StoreUnavailableError(
+                            f"The reconstruction could not be saved on the server ({_describe(error)}). "
+                            "Please try again later.") from error
+                    logger.warning("storing reconstruction %s failed (%s); retrying", stored.id, error)
+                    time.sleep(self.retry_delay_s * attempt)
+        except BaseException:
+            # Never shown as a link: forget it, and remove what the failed attempt left.
+            with self._lock:
+                self._cache.pop(stored.id, None)
+                self._pending.pop(stored.id, None)
+                self._delete(stored.id)
+            raise
+        with self._lock:
+            self._pending.pop(stored.id, None)
+        try:
+            self.prune(keep=stored.id)
+        except Exception:  # pruning is housekeeping: the save itself succeeded
+            logger.exception("pruning after saving %s failed", stored.id)
+
+    def _write(self, stored: StoredReconstruction) -> None:
+        # The manifest (metadata) goes last: until it exists the entry is invisible.
+        with self.storage.open_write(stored.id, self.RECONSTRUCTION_FILE) as handle:
+            stored.reconstruction.save(handle)
+        self.storage.write_bytes(stored.id, self.METADATA_FILE,
+                                 json.dumps(stored.metadata, indent=1).encode("utf-8"))
+
+    # ---- attachments
+
+    def save_attachment(self, recon_id: str, name: str, data: bytes) -> None:
+        """Store ``data`` beside an entry (atomically); it counts towards the entry's size and
+        is deleted with it.
+
+        Raises:
+            ValueError: ``name`` does not match ``[a-z0-9_.-]+``.
+            ReconstructionNotFoundError: unknown or expired id.
+            StoreUnavailableError: the storage refused the write.
+        """
+        check_attachment_name(name)
+        with self.reading(recon_id):
+            self._require_live(recon_id)
+            try:
+                self.storage.write_bytes(recon_id, f"{self.ATTACHMENTS_FOLDER}/{name}", bytes(data))
+            except OSError as error:
+                raise StoreUnavailableError(f"The file could not be saved on the server ({_describe(error)}).") from error
+
+    def load_attachment(self, recon_id: str, name: str) -> bytes | None:
+        """An attachment's bytes, or None if the entry has none of that name.
+
+        Raises:
+            ValueError: ``name`` does not match ``[a-z0-9_.-]+``.
+            ReconstructionNotFoundError: unknown or expired id.
+            StoreUnavailableError: the storage could not be read just now.
+        """
+        check_attachment_name(name)
+        with self.reading(recon_id):
+            self._require_live(recon_id)
+            try:
+                return self.storage.read_bytes(recon_id, f"{self.ATTACHMENTS_FOLDER}/{name}")
+            except FileNotFoundError:
+                return None
+            except OSError as error:
+                raise StoreUnavailableError(self.unavailable_message(error)) from error
+
+    def _require_live(self, recon_id: str) -> None:
+        """Raise unless ``recon_id`` names a complete (or being saved), unexpired entry."""
+        with self._lock:
+            known = self._cache.get(recon_id) or (self._pending[recon_id][0] if recon_id in self._pending else None)
+        created_at = known.created_at if known is not None else self._read_metadata(recon_id)["created_at"]
+        if self._is_expired(created_at):
+            raise ReconstructionNotFoundError(self.not_found_message())
 
     # ---- reading
+
+    @contextlib.contextmanager
+    def reading(self, recon_id: str) -> Iterator[None]:
+        """Hold a lease on an entry: while the block runs, expiry and the size bound skip it.
+
+        Raises:
+            ReconstructionNotFoundError: malformed id (checked before any file is touched).
+        """
+        if not is_valid_reconstruction_id(recon_id):
+            raise ReconstructionNotFoundError(self.not_found_message())
+        with self._lock:
+            self._leases[recon_id] += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._leases[recon_id] -= 1
+                if self._leases[recon_id] <= 0:
+                    del self._leases[recon_id]
 
     def load(self, recon_id: str) -> StoredReconstruction:
         """The stored reconstruction, from memory when it was used recently.
 
         Raises:
-            ReconstructionNotFoundError: malformed, unknown or expired id.
+            ReconstructionNotFoundError: malformed, unknown or expired id, or a damaged entry.
+            StoreUnavailableError: a transient storage error; the entry is kept.
         """
-        if not is_valid_reconstruction_id(recon_id):
-            raise ReconstructionNotFoundError(self.not_found_message())
-        with self._lock:
-            stored = self._cache.get(recon_id)
-            if stored is None and recon_id in self._pending:
-                stored = self._pending[recon_id][0]
-        if stored is None:
-            stored = self._read(recon_id)  # outside the lock: large files take seconds
-        with self._lock:
+        with self.reading(recon_id):
+            with self._lock:
+                stored = self._cache.get(recon_id)
+                if stored is None and recon_id in self._pending:
+                    stored = self._pending[recon_id][0]
+            if stored is None:
+                stored = self._read(recon_id)  # outside the lock: large files take a while
             if self._is_expired(stored.created_at):
-                self._delete(recon_id)
+                with self._lock:
+                    self._cache.pop(recon_id, None)
                 raise ReconstructionNotFoundError(self.not_found_message())
-            self._remember(stored)
+            with self._lock:
+                self._remember(stored)
         return stored
 
-    def npz_path(self, recon_id: str, timeout_s: float = 300.0) -> Path:
-        """The stored ``.npz`` of an id, once it is written.
+    def copy_npz(self, recon_id: str, destination: str | os.PathLike, timeout_s: float = 30.0) -> Path:
+        """Put the entry's ``.npz`` at ``destination`` (a hard link when the storage is on the
+        same disk, else a copy), waiting up to ``timeout_s`` for a save in progress.
 
         Raises:
-            ReconstructionNotFoundError: malformed, unknown or expired id, or the file could not be written.
+            ReconstructionNotFoundError: malformed, unknown or expired id.
+            StoreUnavailableError: the save is still running, failed, or the storage erred.
         """
-        if not is_valid_reconstruction_id(recon_id):
-            raise ReconstructionNotFoundError(self.not_found_message())
-        with self._lock:
-            pending = self._pending.get(recon_id)
-        if pending is not None:
-            pending[1].wait(timeout_s)
-        path = self.root / recon_id / self.RECONSTRUCTION_FILE
-        if not path.is_file():
-            raise ReconstructionNotFoundError(self.not_found_message())
-        return path
+        target = Path(destination)
+        with self.reading(recon_id):
+            with self._lock:
+                pending = self._pending.get(recon_id)
+            if pending is not None:
+                try:
+                    pending[1].result(timeout_s)
+                except TimeoutError as error:
+                    raise StoreUnavailableError("The reconstruction is still being saved; please try "
+                                                "again in a few seconds.") from error
+                except StoreError:
+                    raise
+            self._require_live(recon_id)
+            local = self.storage.local_path(recon_id, self.RECONSTRUCTION_FILE)
+            try:
+                with atomic_path(target, durable=False) as temporary:
+                    if local is not None:
+                        try:
+                            os.link(local, temporary)
+                        except OSError:
+                            shutil.copyfile(local, temporary)
+                    else:
+                        temporary.write_bytes(self.storage.read_bytes(recon_id, self.RECONSTRUCTION_FILE))
+            except FileNotFoundError as error:
+                raise ReconstructionNotFoundError(self.not_found_message()) from error
+            except OSError as error:
+                raise StoreUnavailableError(self.unavailable_message(error)) from error
+        return target
+
+    def npz_path(self, recon_id: str, timeout_s: float = 30.0) -> Path:
+        """The stored ``.npz`` of an id on the local disk, once it is written (waits at most
+        ``timeout_s``). Prefer :meth:`copy_npz`, which also holds the entry while copying.
+
+        Raises:
+            ReconstructionNotFoundError: malformed, unknown or expired id.
+            StoreUnavailableError: the save is still running or failed.
+        """
+        with self.reading(recon_id):
+            with self._lock:
+                pending = self._pending.get(recon_id)
+            if pending is not None:
+                try:
+                    pending[1].result(timeout_s)
+                except TimeoutError as error:
+                    raise StoreUnavailableError("The reconstruction is still being saved; please try "
+                                                "again in a few seconds.") from error
+            self._require_live(recon_id)
+            path = self.storage.local_path(recon_id, self.RECONSTRUCTION_FILE)
+            if path is None or not path.is_file():
+                raise ReconstructionNotFoundError(self.not_found_message())
+            return path
 
     def expires_at(self, stored: StoredReconstruction) -> float:
         return stored.created_at + self.ttl_seconds
@@ -175,28 +382,55 @@ class ReconstructionStore:
         return ("This reconstruction link is invalid or has expired (reconstructions are kept for "
                 f"{self.ttl_seconds / 3600:g} hours). Please upload the photos or video again.")
 
+    @staticmethod
+    def unavailable_message(error: OSError) -> str:
+        return (f"The server could not read this reconstruction just now ({_describe(error)}). "
+                "Nothing was lost: please try again in a moment.")
+
     def _read(self, recon_id: str) -> StoredReconstruction:
-        folder = self.root / recon_id
-        if not (folder / self.RECONSTRUCTION_FILE).is_file():
-            raise ReconstructionNotFoundError(self.not_found_message())
-        metadata = self._read_metadata(folder)
+        metadata = self._read_metadata(recon_id)
         try:
-            reconstruction = Reconstruction.load(folder / self.RECONSTRUCTION_FILE)
-        except InputError as error:
-            logger.warning("stored reconstruction %s is unreadable (%s); deleting it", recon_id, error)
-            self._delete(recon_id)
+            data = self.storage.read_bytes(recon_id, self.RECONSTRUCTION_FILE)
+        except FileNotFoundError as error:
             raise ReconstructionNotFoundError(self.not_found_message()) from error
+        except OSError as error:
+            raise StoreUnavailableError(self.unavailable_message(error)) from error
+        try:
+            reconstruction = Reconstruction.from_bytes(data, self.RECONSTRUCTION_FILE)
+        except InputError as error:
+            # Written atomically, so this is real damage (or a foreign file), not a half write.
+            # Kept all the same: only expiry and the size bound delete.
+            logger.error("stored reconstruction %s is unreadable: %s", recon_id, error)
+            raise ReconstructionNotFoundError("This reconstruction's stored file is damaged and cannot "
+                                              "be shown. Please upload the photos or video again.") from error
         return StoredReconstruction(recon_id, reconstruction, metadata)
 
-    def _read_metadata(self, folder: Path) -> dict[str, Any]:
-        """The entry's metadata; a missing or damaged file counts as created at time 0 (expired)."""
+    def _read_metadata(self, recon_id: str) -> dict[str, Any]:
+        """The entry's manifest.
+
+        Raises:
+            ReconstructionNotFoundError: no manifest (unknown id, or a save not finished).
+            StoreUnavailableError: a transient error while reading it.
+        """
         try:
-            metadata = json.loads((folder / self.METADATA_FILE).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return {"created_at": 0.0}
-        if not isinstance(metadata, dict) or not isinstance(metadata.get("created_at"), (int, float)):
-            return {"created_at": 0.0}
+            text = self.storage.read_bytes(recon_id, self.METADATA_FILE)
+        except FileNotFoundError as error:
+            raise ReconstructionNotFoundError(self.not_found_message()) from error
+        except OSError as error:
+            raise StoreUnavailableError(self.unavailable_message(error)) from error
+        metadata = _parse_metadata(text)
+        if metadata is None:
+            # Damaged manifest: age it by its files' time instead of deleting the entry.
+            logger.error("stored reconstruction %s has unreadable metadata; using its file time", recon_id)
+            metadata = {"created_at": self._newest_file_time(recon_id)}
         return metadata
+
+    def _newest_file_time(self, recon_id: str) -> float:
+        try:
+            files = self.storage.list_files(recon_id)
+        except OSError as error:
+            raise StoreUnavailableError(self.unavailable_message(error)) from error
+        return max((file.modified_at for file in files.values()), default=0.0)
 
     def _remember(self, stored: StoredReconstruction) -> None:
         self._cache[stored.id] = stored
@@ -210,59 +444,96 @@ class ReconstructionStore:
         return self.clock() - created_at > self.ttl_seconds
 
     def prune(self, keep: str | None = None) -> list[str]:
-        """Delete expired entries, then the oldest ones until the total fits in ``max_bytes``.
+        """Delete expired entries, then the oldest ones until the total fits in ``max_bytes``;
+        remove entries left without a manifest by a crash (after a grace period).
 
-        ``keep`` (the entry just saved) is never deleted for size. Returns the deleted ids.
+        Never deletes ``keep`` (the entry just saved) for size, nor an entry being read or
+        saved, nor one whose manifest could not be read just now. Returns the deleted ids.
         """
-        with self._lock:
-            self._remove_stale_incoming()
-            entries = []  # (created_at, id, bytes)
-            for folder in self.root.iterdir():
-                if folder.is_dir() and is_valid_reconstruction_id(folder.name):
-                    created_at = float(self._read_metadata(folder)["created_at"])
-                    entries.append((created_at, folder.name, _folder_bytes(folder)))
-            entries.sort()
+        try:
+            ids = [recon_id for recon_id in self.storage.entry_ids() if is_valid_reconstruction_id(recon_id)]
+        except OSError as error:
+            logger.warning("could not list the store for pruning (%s); will try again later", error)
+            return []
+        entries, incomplete = [], []  # (created_at, id, bytes), ids
+        unknown_bytes = 0
+        now = time.time()
+        for recon_id in ids:
+            size = 0
+            try:
+                files = self.storage.list_files(recon_id)
+                size = sum(file.size for file in files.values())
+                if self.METADATA_FILE not in files:
+                    newest = max((file.modified_at for file in files.values()), default=0.0)
+                    if now - newest > INCOMPLETE_ENTRY_GRACE_SECONDS:
+                        incomplete.append(recon_id)
+                    else:
+                        unknown_bytes += size
+                    continue
+                created_at = float(self._read_metadata(recon_id)["created_at"])
+            except (OSError, StoreError) as error:
+                # Cannot judge it now: keep it (its bytes still count towards the total).
+                logger.warning("skipping stored reconstruction %s while pruning (%s)", recon_id, error)
+                unknown_bytes += size
+                continue
+            entries.append((created_at, recon_id, size))
+        entries.sort()
 
-            removed = [recon_id for created_at, recon_id, _ in entries
-                       if recon_id != keep and self._is_expired(created_at)]
-            remaining = [entry for entry in entries if entry[1] not in removed]
-            total = sum(size for _, _, size in remaining)
-            for _, recon_id, size in remaining:
+        removed = []
+        with self._lock:
+            def protected(recon_id: str) -> bool:
+                return recon_id == keep or self._leases[recon_id] > 0 or recon_id in self._pending
+
+            for recon_id in incomplete:
+                if not protected(recon_id) and self._delete(recon_id):
+                    logger.info("removed an interrupted save %s", recon_id)
+            kept = []
+            for created_at, recon_id, size in entries:  # oldest first
+                if self._is_expired(created_at) and not protected(recon_id) and self._delete(recon_id):
+                    removed.append(recon_id)
+                else:
+                    kept.append((created_at, recon_id, size))
+            total = unknown_bytes + sum(size for _, _, size in kept)
+            for _, recon_id, size in kept:
                 if total <= self.max_bytes:
                     break
-                if recon_id != keep:
+                if not protected(recon_id) and self._delete(recon_id):
                     removed.append(recon_id)
                     total -= size
-            for recon_id in removed:
-                self._delete(recon_id)
-            if removed:
-                logger.info("pruned %d stored reconstruction(s); %.1f MB left", len(removed), total / 1e6)
-            return removed
+        if removed:
+            logger.info("pruned %d stored reconstruction(s); %.1f MB left", len(removed), total / 1e6)
+        return removed
 
     def total_bytes(self) -> int:
-        return sum(_folder_bytes(folder) for folder in self.root.iterdir()
-                   if folder.is_dir() and is_valid_reconstruction_id(folder.name))
+        total = 0
+        for recon_id in self.storage.entry_ids():
+            if is_valid_reconstruction_id(recon_id):
+                total += sum(file.size for file in self.storage.list_files(recon_id).values())
+        return total
 
-    def _remove_stale_incoming(self) -> None:
-        # Left behind only by a crash in the middle of save().
-        for folder in self.root.glob(f"{_INCOMING_PREFIX}*"):
-            try:
-                if time.time() - folder.stat().st_mtime > _STALE_INCOMING_SECONDS:
-                    shutil.rmtree(folder, ignore_errors=True)
-            except OSError:
-                pass
-
-    def _delete(self, recon_id: str) -> None:
+    def _delete(self, recon_id: str) -> bool:
+        """Delete one entry (caller holds the lock); False if the storage refused."""
         self._cache.pop(recon_id, None)
-        shutil.rmtree(self.root / recon_id, ignore_errors=True)
-
-
-def _folder_bytes(folder: Path) -> int:
-    total = 0
-    for path in folder.rglob("*"):
         try:
-            if path.is_file():
-                total += path.stat().st_size
-        except OSError:  # deleted meanwhile
-            pass
-    return total
+            self.storage.delete_entry(recon_id)
+        except OSError as error:
+            logger.warning("could not delete stored reconstruction %s (%s); will try again", recon_id, error)
+            return False
+        return True
+
+
+def _parse_metadata(data: bytes) -> dict[str, Any] | None:
+    try:
+        metadata = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+    if not isinstance(metadata, dict) or not isinstance(metadata.get("created_at"), (int, float)):
+        return None
+    return metadata
+
+
+def _describe(error: OSError) -> str:
+    """A short, user-safe description of a storage error (no paths)."""
+    if error.errno is not None:
+        return os.strerror(error.errno).lower()
+    return type(error).__name__

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import zipfile
 from pathlib import Path
 from typing import Sequence
 
+from ..atomic_files import atomic_writer
 from ..config import EXPORT_FORMATS
 from ..errors import InputError
 from ..filtering import ViewSettings
@@ -30,6 +32,7 @@ __all__ = [
     "export_npz",
     "export_ply",
     "write_ply",
+    "zip_folder",
 ]
 
 # File names inside the export directory. The COLMAP model sits in sparse/0, the layout that
@@ -41,6 +44,17 @@ COLMAP_DIR_NAME = "colmap"
 COLMAP_MODEL_SUBDIR = Path("sparse") / "0"
 
 
+def zip_folder(folder: str | os.PathLike, path: str | os.PathLike, *, durable: bool = True) -> Path:
+    """Zip everything under ``folder`` (names relative to it) into ``path``, atomically."""
+    source, target = Path(folder), Path(path)
+    with atomic_writer(target, durable=durable) as handle:
+        with zipfile.ZipFile(handle, "w", zipfile.ZIP_DEFLATED) as archive:
+            for file in sorted(source.rglob("*")):
+                if file.is_file():
+                    archive.write(file, file.relative_to(source).as_posix())
+    return target
+
+
 def export_npz(recon: Reconstruction, path: str | os.PathLike) -> Path:
     """The whole reconstruction as one ``.npz`` (same as ``recon.save(path)``)."""
     return recon.save(path)
@@ -48,9 +62,11 @@ def export_npz(recon: Reconstruction, path: str | os.PathLike) -> Path:
 
 def export_all(recon: Reconstruction, directory: str | os.PathLike,
                formats: Sequence[str] = EXPORT_FORMATS,
-               settings: ViewSettings = ViewSettings(), colmap_binary: bool = True) -> dict[str, Path]:
+               settings: ViewSettings = ViewSettings(), colmap_binary: bool = True, *,
+               durable: bool = True) -> dict[str, Path]:
     """Write the requested formats into ``directory`` (created if needed); the COLMAP model in
-    COLMAP's binary format, or its text format with ``colmap_binary=False``.
+    COLMAP's binary format, or its text format with ``colmap_binary=False``. Every file is
+    written atomically; ``durable=False`` skips the fsync calls.
 
     Returns:
         ``{"glb": scene.glb, "ply": points.ply, "colmap": colmap/sparse/0 (the model),
@@ -67,17 +83,16 @@ def export_all(recon: Reconstruction, directory: str | os.PathLike,
     target.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
     if "glb" in formats:
-        written["glb"] = export_glb(recon, target / GLB_NAME, settings).path
+        written["glb"] = export_glb(recon, target / GLB_NAME, settings, durable=durable).path
     if "ply" in formats:
-        written["ply"] = export_ply(recon, target / PLY_NAME, settings)
+        written["ply"] = export_ply(recon, target / PLY_NAME, settings, durable=durable)
     if "colmap" in formats:
         colmap_root = target / COLMAP_DIR_NAME
         if colmap_root.exists():
             shutil.rmtree(colmap_root)  # stale files of an earlier export must not mix in
         written["colmap"] = export_colmap(recon, colmap_root / COLMAP_MODEL_SUBDIR, settings,
-                                          binary=colmap_binary)
-        archive = shutil.make_archive(str(target / COLMAP_DIR_NAME), "zip", root_dir=colmap_root)
-        written["colmap_zip"] = Path(archive)
+                                          binary=colmap_binary, durable=durable)
+        written["colmap_zip"] = zip_folder(colmap_root, target / f"{COLMAP_DIR_NAME}.zip", durable=durable)
     if "npz" in formats:
         written["npz"] = export_npz(recon, target / NPZ_NAME)
     return written

@@ -18,6 +18,7 @@ import numpy as np
 import pycolmap
 
 from .. import geometry
+from ..atomic_files import atomic_directory
 from ..filtering import PointSelection, ViewSettings, select_points
 from ..reconstruction import Reconstruction
 
@@ -118,9 +119,10 @@ def build_colmap_reconstruction(recon: Reconstruction, selection: PointSelection
 def export_colmap(recon: Reconstruction, directory: str | os.PathLike,
                   settings: ViewSettings = ViewSettings(), binary: bool = True,
                   original_resolution: bool = True,
-                  max_points: int | None = DEFAULT_COLMAP_MAX_POINTS) -> Path:
+                  max_points: int | None = DEFAULT_COLMAP_MAX_POINTS, *, durable: bool = True) -> Path:
     """Write a COLMAP sparse model (``cameras``, ``images``, ``points3D``, plus pycolmap's
-    ``rigs``/``frames``) as ``.bin`` or ``.txt`` files into ``directory`` (created if needed).
+    ``rigs``/``frames``) as ``.bin`` or ``.txt`` files into ``directory`` (created if needed),
+    which is replaced as a whole (:func:`vggt_core.atomic_files.atomic_directory`).
 
     ``settings`` choose the points; the cameras of all frames are always written. The number of
     points is capped at the smaller of ``settings.max_points`` and ``max_points``. Image names
@@ -136,9 +138,10 @@ def export_colmap(recon: Reconstruction, directory: str | os.PathLike,
     model = build_colmap_reconstruction(recon, select_points(recon, settings), original_resolution,
                                         image_names=names)
     target = Path(directory)
-    target.mkdir(parents=True, exist_ok=True)
-    if binary:
-        model.write_binary(str(target))
-    else:
-        model.write_text(str(target))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_directory(target, durable=durable) as temporary:
+        if binary:
+            model.write_binary(str(temporary))
+        else:
+            model.write_text(str(temporary))
     return target

@@ -16,6 +16,7 @@ import numpy as np
 import trimesh
 
 from .. import geometry
+from ..atomic_files import atomic_write_bytes
 from ..filtering import PointSelection, ViewSettings, evenly_spaced_subset, select_points
 from ..reconstruction import Reconstruction
 
@@ -235,12 +236,13 @@ def build_scene(recon: Reconstruction, settings: ViewSettings = ViewSettings(),
 
 
 def export_glb(recon: Reconstruction, path: str | os.PathLike,
-               settings: ViewSettings = ViewSettings()) -> GlbExport:
-    """Write :func:`build_scene` as a ``.glb`` file and report what it shows."""
+               settings: ViewSettings = ViewSettings(), *, durable: bool = True) -> GlbExport:
+    """Write :func:`build_scene` as a ``.glb`` file (atomically; ``durable=False`` skips the
+    fsync, for files that are rebuilt after a crash anyway) and report what it shows."""
     selection = select_points(recon, settings)
     scene = build_scene(recon, settings, selection)
     target = Path(path)
-    target.write_bytes(scene.export(file_type="glb"))
+    atomic_write_bytes(target, scene.export(file_type="glb"), durable=durable)
     return GlbExport(path=target, num_points=selection.num_points,
                      num_cameras=int(scene.metadata["num_cameras"]),
                      confidence_threshold=float(selection.threshold), branch=selection.branch)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomic_files import atomic_writer
 from ..filtering import ViewSettings, select_points
 from ..reconstruction import Reconstruction
 
@@ -37,8 +38,8 @@ def _header(num_points: int) -> bytes:
 
 
 def write_ply(path: str | os.PathLike, points: np.ndarray, colors: np.ndarray,
-              confidence: np.ndarray) -> Path:
-    """Write a binary little-endian PLY.
+              confidence: np.ndarray, *, durable: bool = True) -> Path:
+    """Write a binary little-endian PLY, atomically (``durable=False`` skips the fsync).
 
     Args:
         path: output file.
@@ -62,14 +63,14 @@ def write_ply(path: str | os.PathLike, points: np.ndarray, colors: np.ndarray,
         vertices[name] = np.asarray(colors, dtype=np.uint8)[:, channel]
     vertices["confidence"] = confidence
     target = Path(path)
-    with open(target, "wb") as handle:
+    with atomic_writer(target, durable=durable) as handle:
         handle.write(_header(num_points))
         handle.write(vertices.tobytes())
     return target
 
 
 def export_ply(recon: Reconstruction, path: str | os.PathLike,
-               settings: ViewSettings = ViewSettings()) -> Path:
+               settings: ViewSettings = ViewSettings(), *, durable: bool = True) -> Path:
     """Write the points that pass ``settings`` (world coordinates, no viewer alignment)."""
     selection = select_points(recon, settings)
-    return write_ply(path, selection.points, selection.colors, selection.confidence)
+    return write_ply(path, selection.points, selection.colors, selection.confidence, durable=durable)
