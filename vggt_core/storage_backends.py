@@ -1,15 +1,14 @@
 """Where stored reconstructions live: a plain folder or any fsspec URL (S3, GCS, a Hub dataset).
 
-The store (``vggt_core.store``) sees one small interface, :class:`BlobStorage`: whole objects
-under ``/``-separated keys below one root, written, read, listed and deleted. Everything
-backend-specific stays here:
+The store (``vggt_core.store``) sees one small interface, :class:`vggt_core.storage.EntryStorage`:
+the named files of one entry, written whole, read, listed and deleted. :func:`open_entry_storage`
+picks the implementation from the ``--storage`` value:
 
-- a **folder** writes each object to a temporary name, fsyncs and renames it, so a reader (or a
-  crash) never sees half an object;
+- a **folder**: :class:`vggt_core.storage.LocalFolderStorage` (temporary file, fsync, rename);
 - **object stores** (``s3://`` through s3fs, ``gs://`` through gcsfs, ``memory://`` for tests)
   have no rename, but a single PUT is atomic: an object is either absent or complete;
 - a **Hugging Face dataset** (``hf://datasets/<user>/<repo>/<prefix>``, through huggingface_hub's
-  ``HfFileSystem``) writes a group of objects as one commit, which is atomic as a whole.
+  ``HfFileSystem``): each write is one commit, which is atomic.
 
 Listings are always fresh (fsspec caches directory listings per instance, and another server may
 have changed the store since), because expiry on several servers at once relies on them.
@@ -17,19 +16,26 @@ have changed the store since), because expiry on several servers at once relies 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import posixpath
 import re
-import secrets
-from collections.abc import Iterable, Mapping
+import tempfile
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
-__all__ = ["BlobStorage", "StorageLocation", "parse_storage_location", "open_blob_storage",
+from .storage import EntryFile, LocalFolderStorage
+
+__all__ = ["FsspecEntryStorage", "StorageLocation", "parse_storage_location", "open_entry_storage",
            "StorageConfigurationError"]
+
+# The store's manifest, deleted first when an entry expires.
+_MANIFEST_NAME = "metadata.json"
+_SPOOL_BYTES = 64 * 2 ** 20
 
 # Backends that need a package beyond requirements.txt: protocol -> (package, purpose).
 logger = logging.getLogger(__name__)
@@ -118,214 +124,174 @@ def _import_filesystem_class(location: StorageLocation):
             f"pip install -r requirements-storage.txt") from error
 
 
-class BlobStorage:
-    """Whole objects under ``/``-separated keys below one root (see the module docstring).
+class FsspecEntryStorage:
+    """The store's entries (see :class:`vggt_core.storage.EntryStorage`) on an fsspec filesystem:
+    object ``<root>/<entry id>/<name>`` for each file.
 
-    Keys are relative (``"<id>/manifest.json"``); the caller validates them, and this class
-    refuses anything that would climb out of the root.
+    Every write is one whole object (a PUT, or one Hub commit), so readers see an object either
+    complete or not at all; there is no rename on object stores, which is why the store writes
+    its manifest last and trusts only entries that have one.
     """
 
     def __init__(self, location: StorageLocation, filesystem: Any = None):
-        self.location = location
-        if filesystem is None:
-            filesystem_class = _import_filesystem_class(location)
-            filesystem = filesystem_class()
-        self.fs = filesystem
         if location.is_local:
-            Path(location.root).mkdir(parents=True, exist_ok=True)
+            raise ValueError("use vggt_core.storage.LocalFolderStorage for folders")
+        self.location = location
+        self.fs = filesystem if filesystem is not None else _import_filesystem_class(location)()
 
     def __repr__(self) -> str:
-        return f"BlobStorage({self.location.url!r})"
+        return f"FsspecEntryStorage({self.location.url!r})"
 
     # ---- paths
 
-    def _path(self, key: str) -> str:
-        parts = [part for part in key.split("/") if part]
-        if not parts or any(part in (".", "..") for part in parts):
-            raise ValueError(f"invalid storage key {key!r}")
+    def _path(self, entry_id: str, name: str | None = None) -> str:
+        parts = [entry_id] + (name.split("/") if name is not None else [])
+        if any(part in ("", ".", "..") for part in parts):
+            raise ValueError(f"invalid storage key {entry_id!r}/{name!r}")
         return posixpath.join(self.location.root, *parts)
+
+    def _repo_path(self, entry_id: str, name: str) -> str:
+        return posixpath.join(self.location.hf_prefix or "", entry_id, *[p for p in name.split("/") if p])
 
     # ---- writing
 
-    def write(self, key: str, data: bytes) -> None:
-        """Store ``data`` under ``key``, replacing any previous object, all or nothing."""
-        path = self._path(key)
-        if self.location.is_local:
-            _write_file_atomically(Path(path), data)
-        elif self.location.protocol == "hf":
-            self.write_group({key: data})
-        else:
-            self.fs.pipe_file(path, data)  # one PUT: atomic on object stores
+    def write_bytes(self, entry_id: str, name: str, data: bytes) -> None:
+        """Create or replace one object, all or nothing."""
+        path = self._path(entry_id, name)
+        if self.location.protocol == "hf":
+            from huggingface_hub import CommitOperationAdd
 
-    def write_group(self, objects: Mapping[str, bytes], *, message: str = "Store a reconstruction") -> None:
-        """Write several objects, in the given order (so the last one can be a manifest).
-
-        On a Hub dataset the group is one commit, so it appears all at once; elsewhere the objects
-        appear one after another, each complete.
-        """
-        if self.location.protocol != "hf":
-            for key, data in objects.items():
-                self.write(key, data)
+            self._commit([CommitOperationAdd(path_in_repo=self._repo_path(entry_id, name),
+                                             path_or_fileobj=bytes(data))], "Store a reconstruction")
             return
-        from huggingface_hub import CommitOperationAdd
+        self.fs.pipe_file(path, bytes(data))  # one PUT: atomic on object stores
 
-        operations = [CommitOperationAdd(path_in_repo=self._repo_path(key), path_or_fileobj=bytes(data))
-                      for key, data in objects.items()]
-        self._hf_api().create_commit(repo_id=self.location.hf_repo_id, repo_type="dataset",
-                                     operations=operations, commit_message=message)
-        self.fs.invalidate_cache()
+    @contextlib.contextmanager
+    def open_write(self, entry_id: str, name: str) -> Iterator[BinaryIO]:
+        """A spooled buffer (in memory up to 64 MB, then a temporary file) uploaded as one object
+        when the block ends without error; nothing is written if it raises."""
+        with tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES) as buffer:
+            yield buffer
+            buffer.seek(0)
+            self.write_bytes(entry_id, name, buffer.read())
 
     # ---- reading
 
-    def read(self, key: str) -> bytes:
-        """The object's bytes. Raises FileNotFoundError when it does not exist; other OSErrors
-        (a transient network or disk error) propagate unchanged, so no caller mistakes them for
-        "gone"."""
-        path = self._path(key)
-        if self.location.is_local:
-            return Path(path).read_bytes()
+    def read_bytes(self, entry_id: str, name: str) -> bytes:
+        """The object's bytes. FileNotFoundError when it does not exist; any other OSError (a
+        network or permission error) propagates, so it is never mistaken for "gone"."""
+        path = self._path(entry_id, name)
         self._invalidate(path)  # another server may have added or deleted it since we listed
         try:
             return self.fs.cat_file(path)
         except FileNotFoundError:
             raise
-        except KeyError as error:  # some fsspec backends (memory) raise KeyError for a missing key
-            raise FileNotFoundError(key) from error
+        except KeyError as error:  # fsspec's memory filesystem raises KeyError for a missing key
+            raise FileNotFoundError(path) from error
         except OSError as error:
             if _is_hf_entry_not_found(error):  # deleted between listing and download
-                raise FileNotFoundError(key) from error
+                raise FileNotFoundError(path) from error
             raise
 
-    def exists(self, key: str) -> bool:
-        path = self._path(key)
-        if self.location.is_local:
-            return Path(path).is_file()
+    def exists(self, entry_id: str, name: str) -> bool:
+        path = self._path(entry_id, name)
         self._invalidate(path)
         try:  # not fs.exists(): fsspec's turns every error (auth, outage) into False
             return self.fs.info(path).get("type") != "directory"
         except FileNotFoundError:
             return False
 
+    def local_path(self, entry_id: str, name: str) -> None:
+        return None  # nothing on the local disk: downloads copy the bytes
+
     # ---- listing (only the store's housekeeping lists; nothing lists entries to users)
 
-    def list_folders(self) -> list[str]:
+    def entry_ids(self) -> list[str]:
         """Names of the folders directly below the root (the store's entries)."""
-        if self.location.is_local:
-            root = Path(self.location.root)
-            return sorted(child.name for child in root.iterdir() if child.is_dir())
         self._invalidate(self.location.root)
         try:
             listing = self.fs.ls(self.location.root, detail=True)
         except FileNotFoundError:
             return []
-        names = []
-        for item in listing:
-            if item.get("type") == "directory":
-                names.append(posixpath.basename(item["name"].rstrip("/")))
-        return sorted(names)
+        return sorted(posixpath.basename(item["name"].rstrip("/")) for item in listing
+                      if item.get("type") == "directory")
 
-    def list_files(self, folder: str) -> dict[str, tuple[int, float | None]]:
-        """Every object below ``folder``: key relative to the root → (bytes, modified time or None)."""
-        base = self._path(folder)
-        result: dict[str, tuple[int, float | None]] = {}
-        if self.location.is_local:
-            for path in Path(base).rglob("*"):
-                try:
-                    if path.is_file():
-                        status = path.stat()
-                        result[path.relative_to(self.location.root).as_posix()] = (status.st_size, status.st_mtime)
-                except OSError:  # deleted meanwhile
-                    continue
-            return result
+    def list_files(self, entry_id: str) -> dict[str, EntryFile]:
+        """Every object of the entry: name → size and modification time; empty if it has none."""
+        base = self._path(entry_id)
         self._invalidate(base)
-        try:
-            found = self.fs.find(base, detail=True)
-        except FileNotFoundError:
-            return result
-        root = self.location.root.strip("/") + "/"
-        for name, info in found.items():
-            name = name.strip("/")
-            if info.get("type") == "directory" or not name.startswith(root):
+        files: dict[str, EntryFile] = {}
+        folders = [base]
+        while folders:  # an entry is at most two levels deep (attachments/)
+            folder = folders.pop()
+            try:
+                listing = self.fs.ls(folder, detail=True, **self._listing_options())
+            except FileNotFoundError:
                 continue
-            result[name[len(root):]] = (int(info.get("size") or 0), _modified_time(info))
-        return result
+            for item in listing:
+                name = item["name"].strip("/")
+                if item.get("type") == "directory":
+                    folders.append(name)
+                    continue
+                relative = posixpath.relpath("/" + name, "/" + base.strip("/"))
+                if relative.startswith(".."):
+                    continue
+                files[relative] = EntryFile(int(item.get("size") or 0), _modified_time(item) or 0.0)
+        return files
 
     # ---- deleting
 
-    def delete(self, key: str) -> None:
-        """Remove one object; a missing one is fine (several servers may expire the same entry)."""
-        path = self._path(key)
-        if self.location.is_local:
-            try:
-                Path(path).unlink()
-            except FileNotFoundError:
-                pass
+    def delete_entry(self, entry_id: str) -> None:
+        """Remove the entry, its manifest first (so a half-deleted entry is invisible, like a
+        half-written one); idempotent, since several servers may expire the same entry at once."""
+        names = sorted(self.list_files(entry_id), key=lambda name: name != _MANIFEST_NAME)
+        if not names:
             return
         if self.location.protocol == "hf":
-            self.delete_group([key])
-            return
-        try:
-            self.fs.rm_file(path)
-        except FileNotFoundError:
-            pass
-        self._invalidate(path)
+            from huggingface_hub import CommitOperationDelete
 
-    def delete_group(self, keys: Iterable[str]) -> None:
-        """Remove several objects (one commit on a Hub dataset); missing ones are fine."""
-        keys = list(keys)
-        if self.location.protocol != "hf":
-            for key in keys:
-                self.delete(key)
+            operations = [CommitOperationDelete(path_in_repo=self._repo_path(entry_id, name)) for name in names]
+            try:
+                self._commit(operations, "Expire a reconstruction")
+            except OSError:
+                if self.list_files(entry_id):  # not merely deleted by another server first
+                    raise
             return
-        from huggingface_hub import CommitOperationDelete
-
-        existing = [key for key in keys if self.exists(key)]
-        if not existing:
-            return
-        operations = [CommitOperationDelete(path_in_repo=self._repo_path(key)) for key in existing]
-        try:
-            self._hf_api().create_commit(repo_id=self.location.hf_repo_id, repo_type="dataset",
-                                         operations=operations, commit_message="Expire a reconstruction")
-        except Exception as error:  # another server deleted them first
-            if any(self.exists(key) for key in existing):
-                raise OSError(f"could not delete {len(existing)} object(s) from {self.location.url}") from error
-        self.fs.invalidate_cache()
-
-    def delete_folder(self, folder: str) -> None:
-        """Remove a folder and everything below it; idempotent."""
-        keys = list(self.list_files(folder))
-        if self.location.is_local:
-            import shutil
-
-            shutil.rmtree(self._path(folder), ignore_errors=True)
-            return
-        self.delete_group(keys)
+        for name in names:
+            try:
+                self.fs.rm_file(self._path(entry_id, name))
+            except FileNotFoundError:
+                pass
+        self._invalidate(self._path(entry_id))
 
     # ---- helpers
+
+    def _listing_options(self) -> dict[str, Any]:
+        # The Hub's tree listing gives modification times (of the last commit) only when asked.
+        return {"refresh": True, "expand_info": True} if self.location.protocol == "hf" else {}
 
     def _invalidate(self, path: str) -> None:
         invalidate = getattr(self.fs, "invalidate_cache", None)
         if invalidate is not None:
             invalidate(path)
 
-    def _repo_path(self, key: str) -> str:
-        return posixpath.join(self.location.hf_prefix or "", *[p for p in key.split("/") if p])
-
-    def _hf_api(self):
+    def _commit(self, operations: list, message: str) -> None:
         from huggingface_hub import HfApi
 
-        endpoint = getattr(self.fs, "endpoint", None)
-        token = getattr(self.fs, "token", None)
-        return HfApi(endpoint=endpoint, token=token)
+        api = HfApi(endpoint=getattr(self.fs, "endpoint", None), token=getattr(self.fs, "token", None))
+        api.create_commit(repo_id=self.location.hf_repo_id, repo_type="dataset", operations=operations,
+                          commit_message=message)
+        self.fs.invalidate_cache()
 
 
-def open_blob_storage(text: str | os.PathLike, *, storage_options: Mapping[str, Any] | None = None) -> BlobStorage:
-    """:class:`BlobStorage` for a folder or URL. Credentials come from each backend's usual
+def open_entry_storage(text: str | os.PathLike, *,
+                       storage_options: Mapping[str, Any] | None = None) -> LocalFolderStorage | FsspecEntryStorage:
+    """The store's storage for a folder or URL. Credentials come from each backend's usual
     environment (AWS_* variables and ~/.aws for s3fs, Google's application-default credentials for
     gcsfs, HF_TOKEN for the Hub); ``storage_options`` are passed to the fsspec filesystem."""
     location = parse_storage_location(text)
     if location.is_local:
-        return BlobStorage(location)
+        return LocalFolderStorage(location.root)
     filesystem_class = _import_filesystem_class(location)
     options = dict(storage_options or {})
     if location.protocol == "s3" and "endpoint_url" not in options and os.environ.get("AWS_ENDPOINT_URL"):
@@ -336,21 +302,23 @@ def open_blob_storage(text: str | os.PathLike, *, storage_options: Mapping[str, 
     # A fresh instance per store: fsspec's instance cache would share listing caches between
     # stores that must see each other's changes.
     options.setdefault("skip_instance_cache", True)
-    storage = BlobStorage(location, filesystem_class(**options))
+    storage = FsspecEntryStorage(location, filesystem_class(**options))
     if location.protocol == "hf":
         _check_dataset_is_visible(storage)
     return storage
 
 
-def _check_dataset_is_visible(storage: BlobStorage) -> None:
+def _check_dataset_is_visible(storage: FsspecEntryStorage) -> None:
     """A private dataset that the token cannot see answers exactly like an empty one, so without
     this check a server missing its HF_TOKEN would report every share link as expired."""
+    from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
 
     advice = ("create it as a private dataset repository and set HF_TOKEN to a token with write access "
               "to it")
     try:
-        storage._hf_api().repo_info(storage.location.hf_repo_id, repo_type="dataset")
+        HfApi(endpoint=getattr(storage.fs, "endpoint", None), token=getattr(storage.fs, "token", None)).repo_info(
+            storage.location.hf_repo_id, repo_type="dataset")
     except RepositoryNotFoundError as error:
         raise StorageConfigurationError(
             f"The dataset {storage.location.hf_repo_id} was not found, or the token cannot see it: "
@@ -373,25 +341,13 @@ def _is_hf_entry_not_found(error: BaseException) -> bool:
     return isinstance(error, EntryNotFoundError)
 
 
-def _write_file_atomically(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.partial")
-    try:
-        with open(temporary, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        try:
-            temporary.unlink()
-        except OSError:
-            pass
-        raise
-
-
 def _modified_time(info: Mapping[str, Any]) -> float | None:
-    for field in ("mtime", "LastModified", "last_modified", "created", "updated", "timeCreated"):
+    last_commit = info.get("last_commit")  # the Hub: the date of the commit that last changed it
+    if last_commit is not None:
+        date = last_commit.get("date") if isinstance(last_commit, Mapping) else getattr(last_commit, "date", None)
+        if date is not None:
+            info = {"date": date}
+    for field in ("mtime", "LastModified", "last_modified", "created", "updated", "timeCreated", "date"):
         value = info.get(field)
         if value is None:
             continue
