@@ -22,13 +22,11 @@ import dataclasses
 import functools
 import hashlib
 import html
-import json
 import logging
 import os
 import re
 import secrets
 import shutil
-import tempfile
 import threading
 import time
 from collections import OrderedDict
@@ -40,6 +38,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import gradio as gr
+from gradio.utils import get_upload_folder as gradio_upload_folder
 import torch
 from PIL import Image
 
@@ -47,12 +46,22 @@ from vggt_core import DEFAULT_CHECKPOINT, VGGT, FrameLimitError, InputError, Wei
 from vggt_core import load_model, resolve_device
 from vggt_core.config import tiny_config
 from vggt_core.depth_maps import colorize_confidence_maps, colorize_depth_maps
-from vggt_core.export import export_all, export_glb
+from vggt_core.derived_cache import DerivedFileCache, remove_stale_process_folders
+from vggt_core.export import export_colmap, export_depth_maps, export_glb, export_ply, zip_folder
 from vggt_core.filtering import ViewSettings
 from vggt_core.images import open_image_rgb
-from vggt_core.pipeline import InputFrame, gather_input_frames, is_video_file, reconstruct_frames
+from vggt_core.pipeline import DecodedFrames, InputFrame, decode_frames, gather_input_frames, is_video_file
+from vggt_core.pipeline import reconstruct_decoded
 from vggt_core.reconstruction import Reconstruction
-from vggt_core.store import ReconstructionNotFoundError, ReconstructionStore, StoredReconstruction
+from vggt_core.sky import DEFAULT_SKY_MODEL, SkyModelUnavailableError
+from vggt_core.store import (PendingSave, ReconstructionStore, StoreError,
+                             StoredReconstruction)
+from vggt_core.upload_limits import UploadLimits, check_upload_sizes
+
+from app_panels.camera import CameraPanel
+from app_panels.measure import MeasurePanel, scene_lines
+from app_panels.memory import MemoryPanel
+from app_panels.sky import HIDE_SKY_LABEL, SkyMasks
 
 logger = logging.getLogger("vggt_app")
 
@@ -107,6 +116,14 @@ class AppSettings:
     storage_ttl_hours: float = 72.0
     storage_max_mb: float = 2048.0
     public_url: str | None = None
+    sky_model: str = DEFAULT_SKY_MODEL
+    cache_max_mb: float = 1024.0
+    max_upload_mb: float = UploadLimits.max_file_mb
+    max_total_upload_mb: float = UploadLimits.max_total_mb
+
+    @property
+    def upload_limits(self) -> UploadLimits:
+        return UploadLimits(max_file_mb=self.max_upload_mb, max_total_mb=self.max_total_upload_mb)
 
     @property
     def is_untrained(self) -> bool:
@@ -204,6 +221,22 @@ def build_arg_parser(environ: Mapping[str, str] | None = None) -> argparse.Argum
         help="the page's public address used in share links, e.g. https://example.org/vggt/ "
              "(needed only behind proxies that hide it) [env VGGT_PUBLIC_URL; default: taken from "
              "the browser's request]")
+    parser.add_argument(
+        "--sky-model", default=env.get("VGGT_SKY_MODEL", defaults.sky_model),
+        help="sky-segmentation model for 'Hide sky': a Hugging Face repo id holding skyseg.onnx, or a local "
+             f".onnx file [env VGGT_SKY_MODEL; default {defaults.sky_model}]")
+    parser.add_argument(
+        "--cache-max-mb", type=_positive_float, default=env.get("VGGT_CACHE_MAX_MB", str(defaults.cache_max_mb)),
+        help="keep all derived files (rendered views, depth pictures, download bundles) under this many "
+             f"megabytes, least recently used first out [env VGGT_CACHE_MAX_MB; default {defaults.cache_max_mb:g}]")
+    parser.add_argument(
+        "--max-upload-mb", type=_positive_float, default=env.get("VGGT_MAX_UPLOAD_MB", str(defaults.max_upload_mb)),
+        help=f"largest file one may upload [env VGGT_MAX_UPLOAD_MB; default {defaults.max_upload_mb:g}]")
+    parser.add_argument(
+        "--max-total-upload-mb", type=_positive_float,
+        default=env.get("VGGT_MAX_TOTAL_UPLOAD_MB", str(defaults.max_total_upload_mb)),
+        help="most megabytes of files one reconstruction may upload in all "
+             f"[env VGGT_MAX_TOTAL_UPLOAD_MB; default {defaults.max_total_upload_mb:g}]")
     return parser
 
 
@@ -213,7 +246,8 @@ def parse_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str]
                        share=args.share, max_frames=args.max_frames, video_fps=args.video_fps,
                        storage_dir=Path(args.storage_dir).expanduser(),
                        storage_ttl_hours=args.storage_ttl_hours, storage_max_mb=args.storage_max_mb,
-                       public_url=args.public_url)
+                       public_url=args.public_url, sky_model=args.sky_model, cache_max_mb=args.cache_max_mb,
+                       max_upload_mb=args.max_upload_mb, max_total_upload_mb=args.max_total_upload_mb)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -280,10 +314,16 @@ def _on_zero_gpu(function: Callable) -> Callable:
 
 
 @_on_zero_gpu
-def run_model(model: torch.nn.Module, frames: list[InputFrame],
+def run_model(model: torch.nn.Module, decoded: DecodedFrames,
               progress: Callable[[float, str], None]) -> Reconstruction:
-    """The only GPU work: on ZeroGPU a GPU is attached for exactly this call."""
-    return reconstruct_frames(model, frames, progress=progress)
+    """The only GPU work: on ZeroGPU a GPU is attached for exactly this call. The frames are
+    decoded before, and the scene is built after, outside it."""
+    return reconstruct_decoded(model, decoded, progress=progress)
+
+
+# One model forward at a time in this process (one GPU, one copy of the weights). Requests
+# decode their inputs and build their scenes in parallel; only the forward waits for this.
+GPU_SLOT = threading.Semaphore(1)
 
 
 class ProgressRange:
@@ -319,99 +359,114 @@ class RenderedView:
 
 class ViewRenderer:
     """Writes what the page shows (GLB scenes, depth-map images, download files) into a
-    temporary folder that Gradio may serve, one sub-folder per reconstruction.
+    :class:`DerivedFileCache`, one group per reconstruction, under one byte cap
+    (``--cache-max-mb``), least recently used out first, never while being served.
 
-    Results are cached by their settings, so going back to an earlier slider position is
-    instant; the sub-folders of the least recently used reconstructions are deleted.
-    The storage folder itself is never handed to Gradio.
+    The app puts the cache inside Gradio's own cache folder, so Gradio serves these files as
+    they are instead of copying each one (see docs/store.md, "Derived files"). Parallel
+    identical requests build a file once. The storage folder itself is never handed to Gradio.
     """
 
-    def __init__(self, root: Path, max_reconstructions: int = 16, max_views: int = 32):
+    # Facts about rendered views (a few hundred bytes each) kept for the summary line.
+    MAX_VIEW_RECORDS = 4096
+
+    def __init__(self, root: Path, max_bytes: int = 1024 * 10**6, serve_grace_s: float = 60.0):
         self.root = root
-        self.max_reconstructions = max_reconstructions
-        # A GLB of a million points is ~16 MB: bound how many slider positions stay on disk.
-        self.max_views = max_views
+        self.cache = DerivedFileCache(root, max_bytes, serve_grace_s=serve_grace_s)
         self._views: OrderedDict[tuple[str, ViewSettings], RenderedView] = OrderedDict()
-        self._recently_used: OrderedDict[str, None] = OrderedDict()
         self._lock = threading.Lock()
-        self.root.mkdir(parents=True, exist_ok=True)
 
     def view(self, stored: StoredReconstruction, settings: ViewSettings) -> RenderedView:
-        key = (stored.id, settings)
-        with self._lock:
-            cached = self._views.get(key)
-            if cached is not None:
-                self._views.move_to_end(key)
-        if cached is not None and cached.glb_path.is_file():
-            self._touch(stored.id)
-            return cached
-        folder = self._folder(stored.id)
-        target = folder / f"view-{_settings_digest(settings)}.glb"
-        # Written aside and renamed: a concurrent request for the same view never reads half a file.
-        partial = folder / f".{target.name}.{secrets.token_hex(4)}"
-        result = export_glb(stored.reconstruction, partial, settings)
-        os.replace(partial, target)
-        rendered = RenderedView(target, result.num_points, result.num_cameras,
+        key, name = (stored.id, settings), f"view-{_settings_digest(settings)}.glb"
+        with self.cache.build(stored.id, name) as (partial, existing):
+            with self._lock:
+                known = self._views.get(key)
+            if existing is not None and known is not None:
+                self._remember_view(key, known)
+                return known
+            result = export_glb(stored.reconstruction, partial, settings, durable=False)
+        rendered = RenderedView(self.cache.path(stored.id, name), result.num_points, result.num_cameras,
                                 result.confidence_threshold, result.branch)
+        self._remember_view(key, rendered)
+        return rendered
+
+    def _remember_view(self, key: tuple[str, ViewSettings], rendered: RenderedView) -> None:
         with self._lock:
             self._views[key] = rendered
             self._views.move_to_end(key)
-            evicted = [self._views.popitem(last=False)[1] for _ in range(len(self._views) - self.max_views)]
-        for old_view in evicted:
-            old_view.glb_path.unlink(missing_ok=True)
-        return rendered
+            while len(self._views) > self.MAX_VIEW_RECORDS:
+                self._views.popitem(last=False)
 
     def depth_gallery(self, stored: StoredReconstruction) -> list[tuple[str, str]]:
         """(image file, caption) triples per frame: the input, its depth, its confidence."""
-        folder = self._folder(stored.id)
         recon = stored.reconstruction
-        marker = folder / "depth-maps.json"
-        if marker.is_file():
-            return [tuple(item) for item in json.loads(marker.read_text(encoding="utf-8"))]
-        depth_images = colorize_depth_maps(recon.depth)
-        confidence_images = colorize_confidence_maps(recon.depth_conf)
-        items = []
+        items, missing = [], []
         for index, name in enumerate(recon.frame_names):
-            label = frame_label(index, name)
-            for kind, pixels in (("input", recon.images[index]), ("depth", depth_images[index]),
-                                 ("confidence", confidence_images[index])):
-                path = folder / f"{kind}-{index:04d}.jpg"
-                Image.fromarray(pixels).save(path, quality=88)
-                items.append((str(path), f"{label} · {kind}"))
-        marker.write_text(json.dumps(items), encoding="utf-8")
+            for kind in ("input", "depth", "confidence"):
+                file_name = f"{kind}-{index:04d}.jpg"
+                path = self.cache.get(stored.id, file_name)
+                items.append((str(path or self.cache.path(stored.id, file_name)), f"{frame_label(index, name)} · {kind}"))
+                if path is None:
+                    missing.append((index, kind, file_name))
+        if missing:
+            depth_images = colorize_depth_maps(recon.depth)
+            confidence_images = colorize_confidence_maps(recon.depth_conf)
+            pictures = {"input": recon.images, "depth": depth_images, "confidence": confidence_images}
+            for index, kind, file_name in missing:
+                with self.cache.build(stored.id, file_name) as (partial, existing):
+                    if existing is None:
+                        Image.fromarray(pictures[kind][index]).save(partial, format="JPEG", quality=88)
         return items
 
-    def downloads(self, stored: StoredReconstruction, stored_npz: Path, settings: ViewSettings) -> list[str]:
-        """GLB, PLY and zipped COLMAP model of the current view, plus the raw predictions."""
-        folder = self._folder(stored.id) / f"export-{_settings_digest(settings)}"
-        written = export_all(stored.reconstruction, folder, ("glb", "ply", "colmap"), settings)
-        npz_copy = folder / "reconstruction.npz"
-        # The stored file is exactly what Reconstruction.save writes; copying beats recompressing.
-        shutil.copyfile(stored_npz, npz_copy)
-        return [str(written["glb"]), str(written["ply"]), str(written["colmap_zip"]), str(npz_copy)]
+    def downloads(self, stored: StoredReconstruction, npz_source: Callable[[Path], Path],
+                  settings: ViewSettings) -> list[str]:
+        """GLB, PLY and zipped COLMAP model of the current view, the raw predictions, and the
+        depth maps at the photos' resolution (zipped).
+
+        ``npz_source(path)`` puts the stored ``.npz`` at ``path`` (the store links or copies it).
+        One ``.npz`` per reconstruction is shared by every view's bundle.
+        """
+        bundle = f"export-{_settings_digest(settings)}"
+        files = []
+        with self.cache.build(stored.id, f"{bundle}/scene.glb") as (partial, existing):
+            if existing is None:
+                export_glb(stored.reconstruction, partial, settings, durable=False)
+        files.append(self.cache.path(stored.id, f"{bundle}/scene.glb"))
+        with self.cache.build(stored.id, f"{bundle}/points.ply") as (partial, existing):
+            if existing is None:
+                export_ply(stored.reconstruction, partial, settings, durable=False)
+        files.append(self.cache.path(stored.id, f"{bundle}/points.ply"))
+        with self.cache.build(stored.id, f"{bundle}/colmap.zip") as (partial, existing):
+            if existing is None:
+                # The unzipped model is a temporary folder inside the cache, gone after zipping.
+                model_dir = partial.with_name(partial.name + ".model")
+                try:
+                    export_colmap(stored.reconstruction, model_dir / "sparse" / "0", settings, durable=False)
+                    zip_folder(model_dir, partial, durable=False)
+                finally:
+                    shutil.rmtree(model_dir, ignore_errors=True)
+        files.append(self.cache.path(stored.id, f"{bundle}/colmap.zip"))
+        with self.cache.build(stored.id, f"{bundle}/depth_maps.zip") as (partial, existing):
+            if existing is None:
+                depth_dir = partial.with_name(partial.name + ".maps")
+                try:
+                    export_depth_maps(stored.reconstruction, depth_dir, durable=False)
+                    zip_folder(depth_dir, partial, durable=False)
+                finally:
+                    shutil.rmtree(depth_dir, ignore_errors=True)
+        depth_zip = self.cache.path(stored.id, f"{bundle}/depth_maps.zip")
+        with self.cache.build(stored.id, "npz/reconstruction.npz") as (partial, existing):
+            if existing is None:
+                npz_source(partial)
+        files.append(self.cache.path(stored.id, "npz/reconstruction.npz"))
+        files.append(depth_zip)
+        return [str(path) for path in files]
 
     def forget(self, recon_id: str) -> None:
         with self._lock:
             for key in [key for key in self._views if key[0] == recon_id]:
                 del self._views[key]
-            self._recently_used.pop(recon_id, None)
-        shutil.rmtree(self.root / recon_id, ignore_errors=True)
-
-    def _folder(self, recon_id: str) -> Path:
-        folder = self.root / recon_id
-        folder.mkdir(parents=True, exist_ok=True)
-        self._touch(recon_id)
-        return folder
-
-    def _touch(self, recon_id: str) -> None:
-        with self._lock:
-            self._recently_used[recon_id] = None
-            self._recently_used.move_to_end(recon_id)
-            evicted = []
-            while len(self._recently_used) > self.max_reconstructions:
-                evicted.append(self._recently_used.popitem(last=False)[0])
-        for old_id in evicted:
-            self.forget(old_id)
+        self.cache.forget_group(recon_id)
 
 
 def _settings_digest(settings: ViewSettings) -> str:
@@ -442,12 +497,13 @@ def parse_frame_choice(choice: str | None, num_frames: int) -> int | None:
 
 
 # The display controls, in the order every handler receives them.
-VIEW_CONTROL_NAMES = ("confidence", "branch", "frame", "show_cameras", "filter_black", "filter_white", "max_points")
+VIEW_CONTROL_NAMES = ("confidence", "branch", "frame", "show_cameras", "filter_black", "filter_white", "max_points",
+                      "hide_sky")
 
 
 def view_settings_from_controls(confidence_percentile: float, branch: str, frame_choice: str | None,
                                 show_cameras: bool, filter_black: bool, filter_white: bool,
-                                max_points: float, *, num_frames: int) -> ViewSettings:
+                                max_points: float, hide_sky: bool = False, *, num_frames: int) -> ViewSettings:
     """The controls' values (see :data:`VIEW_CONTROL_NAMES`) as checked :class:`ViewSettings`."""
     if branch not in ("depth", "point"):
         raise InputError(f"Unknown prediction branch {branch!r}; choose 'depth' or 'point'.")
@@ -456,7 +512,8 @@ def view_settings_from_controls(confidence_percentile: float, branch: str, frame
     return ViewSettings(confidence_threshold=float(confidence_percentile), threshold_is_percentile=True,
                         branch=branch, frame_index=parse_frame_choice(frame_choice, num_frames),
                         show_cameras=bool(show_cameras), filter_black_background=bool(filter_black),
-                        filter_white_background=bool(filter_white), max_points=int(max_points))
+                        filter_white_background=bool(filter_white), max_points=int(max_points),
+                        hide_sky=bool(hide_sky))
 
 
 def summary_markdown(stored: StoredReconstruction, view: RenderedView) -> str:
@@ -471,6 +528,7 @@ def summary_markdown(stored: StoredReconstruction, view: RenderedView) -> str:
         f"**{view.num_points:,} points shown** · {view.num_cameras} cameras · "
         f"{'depth' if view.branch == 'depth' else 'point map'} branch, confidence ≥ {view.confidence_threshold:.3g}",
     ]
+    lines += scene_lines(recon)
     if info.get("untrained"):
         lines.append("⚠️ Made with an **untrained** model: the geometry is meaningless.")
     return "  \n".join(lines)
@@ -500,6 +558,7 @@ VIEW_QUERY_FIELDS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "black": ("filter_black_background", _query_flag),
     "white": ("filter_white_background", _query_flag),
     "points": ("max_points", int),
+    "sky": ("hide_sky", _query_flag),
 }
 
 
@@ -562,7 +621,8 @@ def controls_from_view_settings(settings: ViewSettings, recon: Reconstruction) -
     frame = (ALL_FRAMES_CHOICE if settings.frame_index is None
              else frame_label(settings.frame_index, recon.frame_names[settings.frame_index]))
     return [settings.confidence_threshold, settings.branch, frame, settings.show_cameras,
-            settings.filter_black_background, settings.filter_white_background, settings.max_points]
+            settings.filter_black_background, settings.filter_white_background, settings.max_points,
+            settings.hide_sky]
 
 
 def page_url_from_request(request: gr.Request | None, public_url: str | None) -> str:
@@ -606,11 +666,11 @@ def show_user_errors(handler: Callable) -> Callable:
             raise
         except WeightsUnavailableError as error:
             message = str(error)
-            if "--checkpoint" not in message:
+            if "--checkpoint" not in message and not isinstance(error, SkyModelUnavailableError):
                 message = f"{message}\n{CHECKPOINT_HINT}"
             logger.warning("weights unavailable: %s", error)
             raise gr.Error(user_message(message), duration=None) from None
-        except (FrameLimitError, InputError, ReconstructionNotFoundError) as error:
+        except (FrameLimitError, InputError, StoreError) as error:
             raise gr.Error(user_message(str(error))) from None
         except Exception:
             logger.exception("unexpected error in %s", handler.__name__)
@@ -656,15 +716,16 @@ class ReconstructionService:
         self.store = store
         self.renderer = renderer
         self.models = models
+        self.sky = SkyMasks(store, settings.sky_model)
 
     # ---- before running
 
     def preview(self, files: Any, fps: float) -> tuple[list[tuple[Image.Image, str]], str]:
         """Frames that would be reconstructed, as small thumbnails, and a one-line status."""
-        paths = _file_paths(files)
-        if not paths:
-            return [], ""
         try:
+            paths = self._checked_paths(files)
+            if not paths:
+                return [], ""
             frames = gather_input_frames(paths, fps=float(fps), max_frames=self.settings.max_frames)
             thumbnails = [(_thumbnail(frame), frame.name) for frame in frames]
         except (InputError, WeightsUnavailableError) as error:
@@ -679,25 +740,43 @@ class ReconstructionService:
     # ---- running the model
 
     def reconstruct(self, files: Any, fps: float, progress: Callable[..., Any]) -> str:
-        """Run the model on the uploaded files, store the result, return its id."""
-        paths = _file_paths(files)
+        """Run the model on the uploaded files, store the result, return its id once durable."""
+        return self.start_reconstruction(files, fps, progress).wait()
+
+    def start_reconstruction(self, files: Any, fps: float, progress: Callable[..., Any]) -> PendingSave:
+        """Run the model and hand the result to the store's writers. The id can be shown at once
+        (from memory); :meth:`PendingSave.wait` before showing it as a share link."""
+        paths = self._checked_paths(files)
         if not paths:
             raise InputError("Add some photos or a video first.")
         progress(0.0, desc="Reading the inputs")
         frames = gather_input_frames(paths, fps=float(fps), max_frames=self.settings.max_frames)
+        decoded = decode_frames(frames)
         if not self.models.is_loaded:
             progress(0.05, desc="Loading the model weights (first run only)")
         model = self.models.get()
-        started = time.perf_counter()
-        reconstruction = run_model(model, frames, ProgressRange(progress, 0.1, 0.85))
-        seconds = time.perf_counter() - started
+        if not GPU_SLOT.acquire(blocking=False):
+            progress(0.08, desc="Waiting for the GPU (another reconstruction is running)")
+            GPU_SLOT.acquire()
+        try:
+            started = time.perf_counter()
+            reconstruction = run_model(model, decoded, ProgressRange(progress, 0.1, 0.85))
+            seconds = time.perf_counter() - started
+        finally:
+            GPU_SLOT.release()
+        del decoded
         progress(0.87, desc="Saving the reconstruction")
         metadata = {"seconds": round(seconds, 3), "checkpoint": self.settings.checkpoint,
                     "untrained": self.settings.is_untrained, "inputs": _describe_inputs(paths),
                     "num_frames": reconstruction.num_frames}
-        recon_id = self.store.save(reconstruction, metadata, background=True)
+        pending = self.store.save_async(reconstruction, metadata)
         logger.info("reconstructed %d frames in %.1f s", reconstruction.num_frames, seconds)
-        return recon_id
+        return pending
+
+    def _checked_paths(self, files: Any) -> list[str]:
+        paths = _file_paths(files)
+        check_upload_sizes(paths, self.settings.upload_limits)
+        return paths
 
     # ---- showing a stored reconstruction
 
@@ -717,24 +796,27 @@ class ReconstructionService:
         if ignored:
             gr.Warning(user_message(f"The link's view settings {', '.join(ignored)} are not valid; "
                                     "showing the defaults for those."))
+        settings = self.sky.apply(stored, settings)
         view = self.renderer.view(stored, settings)
-        confidence, branch, frame, show_cameras, black, white, max_points = controls_from_view_settings(settings, recon)
+        confidence, branch, frame, show_cameras, black, white, max_points, hide_sky = \
+            controls_from_view_settings(settings, recon)
         return (str(view.glb_path), summary_markdown(stored, view), self.renderer.depth_gallery(stored),
                 gr.Dropdown(choices=frame_choices(recon), value=frame), stored.id,
                 gr.Textbox(value=share_link(page_url, stored.id, settings), info=self.expiry_note(stored)),
                 None,  # clears the downloads of the previous reconstruction
-                confidence, branch, show_cameras, black, white, max_points)
+                confidence, branch, show_cameras, black, white, max_points, hide_sky)
 
     def view_outputs(self, recon_id: str, controls: Sequence[Any], page_url: str) -> tuple[str, str, str]:
         """The viewer's GLB, the summary and the share link after a view control changed."""
         stored = self.store.load(recon_id)
-        settings = self.view_settings(stored, controls)
+        settings = self.sky.apply(stored, self.view_settings(stored, controls))
         view = self.renderer.view(stored, settings)
         return str(view.glb_path), summary_markdown(stored, view), share_link(page_url, stored.id, settings)
 
     def downloads(self, recon_id: str, controls: Sequence[Any]) -> list[str]:
         stored = self.store.load(recon_id)
-        return self.renderer.downloads(stored, self.store.npz_path(recon_id), self.view_settings(stored, controls))
+        settings = self.sky.apply(stored, self.view_settings(stored, controls))
+        return self.renderer.downloads(stored, functools.partial(self.store.copy_npz, recon_id), settings)
 
     def expiry_note(self, stored: StoredReconstruction) -> str:
         expires = datetime.fromtimestamp(self.store.expires_at(stored), tz=timezone.utc)
@@ -778,7 +860,24 @@ def example_sets(examples_dir: Path = EXAMPLES_DIR) -> tuple[list[list[list[str]
 def launch_options(settings: AppSettings) -> dict[str, Any]:
     """Keyword arguments for ``demo.launch`` that belong to the app's look (Gradio 6 takes the
     theme and CSS at launch time)."""
-    return {"theme": gr.themes.Soft(), "css": APP_CSS}
+    return {"theme": gr.themes.Soft(), "css": APP_CSS,
+            # Refused while uploading; check_upload_sizes says the same by name afterwards.
+            "max_file_size": int(settings.upload_limits.max_file_bytes)}
+
+
+# Gradio's own cleaner: every 10 minutes, delete its files older than an hour.
+GRADIO_DELETE_CACHE = (600, 3600)
+
+
+def derived_files_folder() -> Path:
+    """A fresh folder for this process's derived files inside Gradio's cache folder (so Gradio
+    serves them without copying), after removing those of processes that crashed."""
+    parent = Path(gradio_upload_folder()) / "vggt-derived"
+    remove_stale_process_folders(parent)
+    folder = parent / f"{os.getpid()}-{secrets.token_hex(4)}"
+    folder.mkdir(parents=True)
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
 
 
 def build_app(settings: AppSettings) -> gr.Blocks:
@@ -786,14 +885,13 @@ def build_app(settings: AppSettings) -> gr.Blocks:
     store = ReconstructionStore(settings.storage_dir, ttl_seconds=settings.storage_ttl_hours * 3600,
                                 max_bytes=int(settings.storage_max_mb * 1e6))
     store.prune()
-    render_root = Path(tempfile.mkdtemp(prefix="vggt-app-views-"))
-    atexit.register(shutil.rmtree, render_root, ignore_errors=True)
-    service = ReconstructionService(settings, store, ViewRenderer(render_root),
+    service = ReconstructionService(settings, store, ViewRenderer(derived_files_folder(), int(settings.cache_max_mb * 1e6)),
                                     ModelProvider(settings.checkpoint, settings.device))
     defaults = DEFAULT_VIEW_SETTINGS
 
-    # Gradio keeps its own copy of every file it serves; delete those after an hour.
-    with gr.Blocks(title="VGGT Reconstruct", delete_cache=(900, 3600)) as demo:
+    # Gradio serves our derived files where they are (they live in its cache folder); this
+    # only ages out what Gradio stores itself: uploads and preview thumbnails.
+    with gr.Blocks(title="VGGT Reconstruct", delete_cache=GRADIO_DELETE_CACHE) as demo:
         gr.Markdown(HOW_TO, elem_classes="vggt-howto")
         if settings.is_untrained:
             gr.HTML(untrained_banner_html(), elem_id="untrained-banner")
@@ -806,6 +904,9 @@ def build_app(settings: AppSettings) -> gr.Blocks:
                                       label="Video frames per second",
                                       info=f"Videos are sampled at this rate, at most {settings.max_frames} frames.")
                 input_status = gr.Markdown(elem_id="input-status")
+                MemoryPanel(settings.max_frames, untrained=settings.is_untrained, device=settings.device,
+                            on_zero_gpu=_spaces_package() is not None, file_paths=_file_paths,
+                            user_errors=show_user_errors).build_and_wire(input_files, video_fps)
                 input_gallery = gr.Gallery(label="Frames to reconstruct", columns=4, height=240,
                                            object_fit="cover", allow_preview=True, elem_id="input-gallery")
                 reconstruct_button = gr.Button("Reconstruct", variant="primary", size="lg",
@@ -840,27 +941,31 @@ def build_app(settings: AppSettings) -> gr.Blocks:
                         cameras_checkbox = gr.Checkbox(value=defaults.show_cameras, label="Show cameras")
                         black_checkbox = gr.Checkbox(value=False, label="Hide black background")
                         white_checkbox = gr.Checkbox(value=False, label="Hide white background")
+                        sky_checkbox = gr.Checkbox(value=False, label=HIDE_SKY_LABEL, info=service.sky.checkbox_info(),
+                                                   elem_id="hide-sky-checkbox")
                 share_box = gr.Textbox(label="Share link", interactive=False, buttons=["copy"],
                                        placeholder="Appears after a reconstruction", elem_id="share-link")
                 with gr.Accordion("Downloads", open=False):
                     gr.Markdown("GLB scene, PLY point cloud and COLMAP model (zip) of the current view, "
-                                "and all raw predictions (.npz, load with `Reconstruction.load`).")
+                                "all raw predictions (.npz, load with `Reconstruction.load`) and depth maps "
+                                "at the photos' resolution (zip).")
                     downloads_button = gr.Button("Prepare downloads", elem_id="downloads-button")
                     downloads = gr.File(label="Files", file_count="multiple", interactive=False,
                                         elem_id="downloads")
                 recon_id_box = gr.Textbox(visible=False, elem_id="reconstruction-id")
+                panels_slot = gr.Column()  # Measure and Camera, filled once the controls exist
 
         depth_gallery = gr.Gallery(label="Per view: input, depth (near = warm), confidence (bright = sure)",
                                    columns=6, height="auto", object_fit="contain", elem_id="depth-gallery")
 
         # In the order of VIEW_CONTROL_NAMES.
         view_controls = [confidence_slider, branch_radio, frame_dropdown, cameras_checkbox, black_checkbox,
-                         white_checkbox, max_points_slider]
+                         white_checkbox, max_points_slider, sky_checkbox]
         # Everything a newly shown reconstruction sets; the view controls come last because a
         # share link may carry their values.
         scene_outputs = [viewer, summary, depth_gallery, frame_dropdown, recon_id_box, share_box, downloads,
                          confidence_slider, branch_radio, cameras_checkbox, black_checkbox, white_checkbox,
-                         max_points_slider]
+                         max_points_slider, sky_checkbox]
 
         def page_url(request: gr.Request | None) -> str:
             return page_url_from_request(request, settings.public_url)
@@ -873,36 +978,39 @@ def build_app(settings: AppSettings) -> gr.Blocks:
 
         @show_user_errors
         def reconstruct(files, fps, confidence, branch, frame, show_cameras, filter_black, filter_white,
-                        max_points, request: gr.Request, progress=gr.Progress()):
+                        max_points, hide_sky=False, request: gr.Request = None, progress=gr.Progress()):
             # Checked before the model runs, so bad controls cost no GPU time.
             view = view_settings_from_controls(confidence, branch, ALL_FRAMES_CHOICE, show_cameras, filter_black,
-                                               filter_white, max_points, num_frames=1)
-            new_id = service.reconstruct(files, fps, progress)
-            progress(0.92, desc="Building the 3-D scene")
-            return service.scene_outputs(new_id, view, page_url(request))
+                                               filter_white, max_points, hide_sky, num_frames=1)
+            pending = service.start_reconstruction(files, fps, progress)
+            progress(0.92, desc="Building the 3-D scene")  # while the writers save it
+            outputs = service.scene_outputs(pending.id, view, page_url(request))
+            progress(0.98, desc="Saving the reconstruction")
+            pending.wait()  # the share link is shown only once it survives a crash
+            return outputs
 
         @show_user_errors
         def update_view(recon_id, confidence, branch, frame, show_cameras, filter_black, filter_white, max_points,
-                        request: gr.Request):
+                        hide_sky=False, request: gr.Request = None):
             if not recon_id:
                 return gr.skip(), gr.skip(), gr.skip()  # nothing reconstructed yet
-            controls = [confidence, branch, frame, show_cameras, filter_black, filter_white, max_points]
+            controls = [confidence, branch, frame, show_cameras, filter_black, filter_white, max_points, hide_sky]
             return service.view_outputs(recon_id, controls, page_url(request))
 
         @show_user_errors
         def prepare_downloads(recon_id, confidence, branch, frame, show_cameras, filter_black, filter_white,
-                              max_points):
+                              max_points, hide_sky=False):
             if not recon_id:
                 raise InputError("Reconstruct something first; then its files can be downloaded.")
-            controls = [confidence, branch, frame, show_cameras, filter_black, filter_white, max_points]
+            controls = [confidence, branch, frame, show_cameras, filter_black, filter_white, max_points, hide_sky]
             return service.downloads(recon_id, controls)
 
         @show_user_errors
         def open_shared(link_or_id, confidence, branch, frame, show_cameras, filter_black, filter_white,
-                        max_points, request: gr.Request):
+                        max_points, hide_sky=False, request: gr.Request = None):
             # The current controls, unless the pasted link carries a view of its own.
             view = view_settings_from_controls(confidence, branch, ALL_FRAMES_CHOICE, show_cameras, filter_black,
-                                               filter_white, max_points, num_frames=1)
+                                               filter_white, max_points, hide_sky, num_frames=1)
             return service.scene_outputs(reconstruction_id_from_text(link_or_id), view, page_url(request),
                                          share_link_query(link_or_id))
 
@@ -914,7 +1022,7 @@ def build_app(settings: AppSettings) -> gr.Blocks:
                 return tuple(gr.skip() for _ in scene_outputs)
             try:
                 return service.scene_outputs(requested, DEFAULT_VIEW_SETTINGS, page_url(request), query)
-            except ReconstructionNotFoundError as error:
+            except StoreError as error:  # unknown, expired, or storage busy right now
                 message = str(error)
             except Exception:
                 logger.exception("unexpected error while opening a shared reconstruction")
@@ -928,21 +1036,34 @@ def build_app(settings: AppSettings) -> gr.Blocks:
         video_fps.release(preview_inputs, [input_files, video_fps], [input_gallery, input_status],
                           api_visibility="private", concurrency_limit=4)
         # One model run at a time: a GPU holds one VGGT forward, and ZeroGPU grants one GPU.
+        # Two at once: one decodes its inputs or builds its scene while the other holds the GPU
+        # (GPU_SLOT: only the model's forward is serialised).
         reconstruct_button.click(reconstruct, [input_files, video_fps, *view_controls], scene_outputs,
-                                 api_name="reconstruct", concurrency_limit=1, concurrency_id="gpu",
+                                 api_name="reconstruct", concurrency_limit=2, concurrency_id="reconstruct",
                                  scroll_to_output=True)
         for control in view_controls:
             # always_last: while a slider is dragged only the final position is rendered.
             control.change(update_view, [recon_id_box, *view_controls], [viewer, summary, share_box],
                            api_name="update_view" if control is confidence_slider else None,
                            api_visibility="public" if control is confidence_slider else "private",
-                           trigger_mode="always_last", show_progress="minimal", concurrency_limit=4)
+                           trigger_mode="always_last", show_progress="minimal", concurrency_limit=8,
+                           concurrency_id="view")
         downloads_button.click(prepare_downloads, [recon_id_box, *view_controls], [downloads],
                                api_name="export", concurrency_limit=2)
         open_button.click(open_shared, [shared_link_input, *view_controls], scene_outputs,
-                          api_name="open_shared", concurrency_limit=4)
+                          api_name="open_shared", concurrency_limit=8, concurrency_id="view")
+        # Page loads (which open ?r= links) must not queue behind each other.
         demo.load(open_from_page_url, None, scene_outputs, api_visibility="private",
-                  show_progress="minimal")
+                  show_progress="minimal", concurrency_limit=8, concurrency_id="page-load")
+
+        def show_scene(recon_id, controls, request):
+            """A stored (e.g. rescaled) reconstruction with the page's current view controls."""
+            view = view_settings_from_controls(*controls[:2], ALL_FRAMES_CHOICE, *controls[3:], num_frames=1)
+            return service.scene_outputs(recon_id, view, page_url(request))
+
+        with panels_slot:
+            MeasurePanel(store, show_scene, show_user_errors).build_and_wire(recon_id_box, view_controls, scene_outputs)
+            CameraPanel(store, show_scene, show_user_errors).build_and_wire(recon_id_box, view_controls, scene_outputs)
     return demo
 
 

@@ -128,11 +128,8 @@ def test_reconstruct_returns_scene_depth_maps_and_share_link(reconstructed, runn
     recon_id = reconstructed["id"]
     assert is_valid_reconstruction_id(recon_id)
     assert reconstructed["share"]["value"] == f"{running_app.url.rstrip('/')}/?r={recon_id}"
-    # The file is written in the background after the page got its answer.
+    # Durable before the page got its link: the files, manifest last, are already complete.
     stored = Path(running_app.settings.storage_dir) / recon_id
-    deadline = time.monotonic() + 60
-    while not (stored / "metadata.json").is_file() and time.monotonic() < deadline:
-        time.sleep(0.1)
     assert (stored / "reconstruction.npz").is_file() and (stored / "metadata.json").is_file()
 
 
@@ -160,7 +157,7 @@ def test_view_options_change_the_scene_without_rerunning(client, reconstructed):
 def test_downloads_load_back(client, reconstructed, tmp_path):
     files = client.predict(reconstructed["id"], *DEFAULT_VIEW, api_name="/export")
     by_name = {Path(f).name: Path(f) for f in files}
-    assert set(by_name) == {"scene.glb", "points.ply", "colmap.zip", "reconstruction.npz"}
+    assert set(by_name) == {"scene.glb", "points.ply", "colmap.zip", "reconstruction.npz", "depth_maps.zip"}
     expected_points = points_shown(reconstructed["summary"])
 
     glb = trimesh.load(by_name["scene.glb"], file_type="glb", force="scene")
@@ -208,7 +205,7 @@ def test_a_share_link_carries_the_view_it_was_copied_from(client, running_app, r
     glb_path, opened_summary, _, frames, recon_id, share = outputs[:6]
     assert recon_id == reconstructed["id"] and share["value"] == link
     assert opened_summary == summary and frames["value"] == "1: view_1.png"
-    assert outputs[7:] == (0, "point", False, False, False, 20_000)  # the other controls
+    assert outputs[7:] == (0, "point", False, False, False, 20_000, False)  # the other controls (last: hide sky)
     scene = trimesh.load(glb_path, file_type="glb", force="scene")
     assert not [name for name in scene.geometry if name.startswith("camera_")]
 
@@ -218,7 +215,7 @@ def test_invalid_view_settings_in_a_link_fall_back_to_defaults(client, reconstru
     outputs = client.predict(link, *DEFAULT_VIEW, api_name="/open_shared")
     # The scene opens with the defaults in place of the invalid settings; the valid one applies.
     assert points_shown(outputs[1]) == 12_345 and "depth branch" in outputs[1]
-    assert outputs[3]["value"] == "All" and outputs[7:] == (50, "depth", True, False, False, 12_345)
+    assert outputs[3]["value"] == "All" and outputs[7:] == (50, "depth", True, False, False, 12_345, False)
     assert outputs[5]["value"] == reconstructed["share"]["value"] + "&points=12345"
 
 
@@ -372,17 +369,67 @@ def test_user_file_names_in_messages_are_not_html():
 # ---------------------------------------------------------------------------------------------
 
 
-def test_renderer_reuses_views_and_bounds_the_files_it_keeps(tmp_path, small_reconstruction):
+def test_renderer_reuses_views_and_keeps_derived_files_under_the_cap(tmp_path, small_reconstruction):
     stored = app.StoredReconstruction("A" * 24, small_reconstruction, {"created_at": 0.0})
-    renderer = app.ViewRenderer(tmp_path, max_views=2)
+    settings = [app.view_settings_from_controls(conf, "depth", "All", True, False, False, 1000, num_frames=2)
+                for conf in (10, 50, 90, 95)]
+    probe = app.ViewRenderer(tmp_path / "probe").view(stored, settings[0])
+    view_bytes = probe.glb_path.stat().st_size
+    # Room for two views; files handed out are protected for serve_grace_s (0 here).
+    renderer = app.ViewRenderer(tmp_path / "cache", max_bytes=int(2.5 * view_bytes), serve_grace_s=0)
+    first = renderer.view(stored, settings[0])
+    assert renderer.view(stored, settings[0]) == first  # cached, not re-rendered
+    mtime = first.glb_path.stat().st_mtime_ns
+    for setting in settings[1:]:
+        renderer.view(stored, setting)
+        assert renderer.cache.total_bytes <= renderer.cache.max_bytes
+    assert not first.glb_path.exists()  # least recently used out
+    on_disk = sum(p.stat().st_size for p in (tmp_path / "cache").rglob("*") if p.is_file())
+    assert on_disk == renderer.cache.total_bytes <= int(2.5 * view_bytes)
+    again = renderer.view(stored, settings[0])  # re-rendered on demand
+    assert again.glb_path.is_file() and again.glb_path.stat().st_mtime_ns >= mtime
+
+
+def test_a_view_being_served_is_not_evicted(tmp_path, small_reconstruction):
+    stored = app.StoredReconstruction("A" * 24, small_reconstruction, {"created_at": 0.0})
     settings = [app.view_settings_from_controls(conf, "depth", "All", True, False, False, 1000, num_frames=2)
                 for conf in (10, 50, 90)]
-    first = renderer.view(stored, settings[0])
-    assert renderer.view(stored, settings[0]) is first  # cached, not re-rendered
-    renderer.view(stored, settings[1])
-    renderer.view(stored, settings[2])  # evicts the least recently used view
-    assert not first.glb_path.exists()
-    assert len(list((tmp_path / stored.id).glob("view-*.glb"))) == 2
+    renderer = app.ViewRenderer(tmp_path, max_bytes=1, serve_grace_s=30)  # everything is over the cap
+    served = [renderer.view(stored, setting) for setting in settings]
+    # Each was just handed to the web server, which fetches it moments later: all kept for now.
+    assert all(view.glb_path.is_file() for view in served)
+    renderer.cache.serve_grace_s = 0
+    renderer.cache.evict()
+    assert not any(view.glb_path.is_file() for view in served)
+
+
+def test_parallel_identical_downloads_build_each_file_once(tmp_path, small_reconstruction):
+    import threading
+
+    store = app.ReconstructionStore(tmp_path / "store", ttl_seconds=3600, max_bytes=10**9)
+    recon_id = store.save(small_reconstruction)
+    stored = store.load(recon_id)
+    renderer = app.ViewRenderer(tmp_path / "cache")
+    settings = app.view_settings_from_controls(50, "depth", "All", True, False, False, 1000, num_frames=2)
+    results, errors = [], []
+
+    def download():
+        try:
+            results.append(renderer.downloads(stored, lambda path: store.copy_npz(recon_id, path), settings))
+        except BaseException as error:  # noqa: BLE001
+            errors.append(error)
+
+    threads = [threading.Thread(target=download) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert errors == [] and len(results) == 6 and all(files == results[0] for files in results)
+    assert [Path(f).name for f in results[0]] == ["scene.glb", "points.ply", "colmap.zip", "reconstruction.npz",
+                                               "depth_maps.zip"]
+    assert Reconstruction.load(results[0][3]).num_frames == 2
+    leftovers = [p for p in (tmp_path / "cache").rglob("*") if p.name.startswith(".partial-")]
+    assert leftovers == []
 
 
 def test_pruning_runs_when_the_app_starts(tmp_path, small_reconstruction):
@@ -402,7 +449,8 @@ ALL_FLAGS_AND_VARIABLES = {
     "--port": "GRADIO_SERVER_PORT", "--share": "VGGT_SHARE", "--max-frames": "VGGT_MAX_FRAMES",
     "--video-fps": "VGGT_VIDEO_FPS", "--storage-dir": "VGGT_STORAGE_DIR",
     "--storage-ttl-hours": "VGGT_STORAGE_TTL_HOURS", "--storage-max-mb": "VGGT_STORAGE_MAX_MB",
-    "--public-url": "VGGT_PUBLIC_URL",
+    "--public-url": "VGGT_PUBLIC_URL", "--cache-max-mb": "VGGT_CACHE_MAX_MB",
+    "--max-upload-mb": "VGGT_MAX_UPLOAD_MB", "--max-total-upload-mb": "VGGT_MAX_TOTAL_UPLOAD_MB",
 }
 
 

@@ -346,7 +346,7 @@ def test_colmap_writes_valid_cameras_for_degenerate_predictions(tmp_path, recon,
 def test_export_all_writes_every_format(tmp_path, cropped_recon):
     settings = ViewSettings(max_points=2000)
     written = export_all(cropped_recon, tmp_path / "out", settings=settings)
-    assert set(written) == {"glb", "ply", "colmap", "colmap_zip", "npz"}
+    assert set(written) == {"glb", "ply", "colmap", "colmap_zip", "npz", "depth", "depth_zip"}
     assert all(path.exists() for path in written.values())
 
     with zipfile.ZipFile(written["colmap_zip"]) as archive:

@@ -3,17 +3,20 @@
 Layers, from the bottom: ``config`` and ``model`` (pure PyTorch network), ``geometry``
 (cameras and points), ``weights`` (checkpoint loading), ``images``/``video`` (input),
 ``reconstruction`` (model run -> Reconstruction), ``pipeline`` (files -> Reconstruction),
-``filtering``, ``export``, ``depth_maps``, ``store`` (reconstructions under share ids).
+``filtering``, ``export``, ``depth_maps``, ``store`` (reconstructions under share ids); ``scale``,
+``exif``, ``intrinsics`` and ``sky`` (real-world scale, known focal lengths, sky masks).
 """
 
 from . import geometry, synthetic
 from .config import VGGTConfig
 from .errors import FrameLimitError, InputError, WeightsUnavailableError
+from .exif import exif_focal_length_px
 from .filtering import ViewSettings, select_points
 from .images import FrameTransform, load_images
 from .model import VGGT
 from .pipeline import gather_input_frames, reconstruct_frames
 from .reconstruction import Reconstruction, reconstruct
+from .scale import scale_from_known_distance
 from .video import extract_frames
 from .weights import DEFAULT_CHECKPOINT, load_model, resolve_device
 
@@ -21,5 +24,5 @@ __all__ = [
     "DEFAULT_CHECKPOINT", "FrameLimitError", "FrameTransform", "InputError", "Reconstruction", "VGGT",
     "VGGTConfig", "ViewSettings", "WeightsUnavailableError", "extract_frames", "gather_input_frames", "geometry",
     "load_images", "load_model", "reconstruct", "reconstruct_frames", "resolve_device", "select_points",
-    "synthetic",
+    "synthetic", "exif_focal_length_px", "scale_from_known_distance",
 ]

@@ -49,16 +49,19 @@ def fsync_directory(folder: str | os.PathLike) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike, *, durable: bool = True) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, *, durable: bool = True, optional: bool = False) -> Iterator[Path]:
     """A temporary path to write by name; it becomes ``path`` when the block ends without error.
 
     For libraries that write files themselves (``trimesh``, ``PIL``); the temporary file is
-    removed if the block raises.
+    removed if the block raises. With ``optional``, a block that wrote nothing leaves ``path``
+    as it was.
     """
     target = Path(path)
     temporary = _temporary_sibling(target)
     try:
         yield temporary
+        if optional and not temporary.exists():
+            return
         if durable:
             with open(temporary, "rb+") as handle:
                 os.fsync(handle.fileno())

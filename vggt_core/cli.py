@@ -11,6 +11,8 @@ from pathlib import Path
 
 from .config import DEFAULT_FRAMES_CHUNK_SIZE, EXPORT_FORMATS, VGGTConfig
 from .errors import InputError, WeightsUnavailableError
+from .scale import LENGTH_UNITS
+from .sky import DEFAULT_SKY_MODEL
 from .weights import DEFAULT_CHECKPOINT
 
 
@@ -36,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--fps", type=float, default=1.0, help="frames per second sampled from a video (default: 1)")
     run.add_argument("--max-frames", type=int, default=None,
                      help="most frames to reconstruct; videos are thinned evenly to fit (default: no limit)")
-    run.add_argument("--export", default="glb,ply,colmap,npz",
+    run.add_argument("--export", default="glb,ply,colmap,npz,depth",
                      help=f"comma-separated formats from {','.join(EXPORT_FORMATS)} (default: all)")
     run.add_argument("--colmap-format", choices=("bin", "txt"), default="bin",
                      help="COLMAP model as binary .bin files or text .txt files (default: bin)")
@@ -44,10 +46,77 @@ def build_parser() -> argparse.ArgumentParser:
                      help="confidence threshold as a percentile 0-100 for the exported points (default: 50)")
     run.add_argument("--branch", choices=("depth", "point"), default="depth",
                      help="points from depth maps and cameras (default, more accurate) or the point-map head")
+    run.add_argument("--camera", choices=("predicted", "exif"), default="predicted",
+                     help="intrinsics for the depth branch: VGGT's predicted ones, or the photos' EXIF focal lengths "
+                          "(the depth is re-projected with them; the network does not take intrinsics) "
+                          "(default: predicted)")
+    run.add_argument("--focal", type=_focal, default=None, metavar="F",
+                     help="a known focal length instead: pixels of the photos (e.g. 1200) or 35 mm-equivalent "
+                          "millimetres (e.g. 26mm); the depth is re-projected with it")
+    run.add_argument("--known-distance", nargs=3, metavar=("A", "B", "LENGTH"), default=None,
+                     help="set a real-world scale: A and B are photo pixels 'frame,x,y' (frame index, pixels of "
+                          "the original photo) whose true distance is LENGTH in --units")
+    run.add_argument("--scale", type=float, default=None,
+                     help="multiply every length by this factor (depth, points, camera positions)")
+    run.add_argument("--units", default=None, choices=sorted(LENGTH_UNITS),
+                     help="the unit of --known-distance or --scale, written into the exports")
+    run.add_argument("--hide-sky", action="store_true",
+                     help="leave sky pixels out of the exported points (runs the sky-segmentation model)")
+    run.add_argument("--sky-model", default=DEFAULT_SKY_MODEL,
+                     help=f"sky model: a Hugging Face repo id holding skyseg.onnx, or a local .onnx file "
+                          f"(default: {DEFAULT_SKY_MODEL})")
     run.add_argument("--frames-chunk-size", type=int, default=DEFAULT_FRAMES_CHUNK_SIZE,
                      help=f"frames decoded at once by the dense heads (memory vs speed; default "
                           f"{DEFAULT_FRAMES_CHUNK_SIZE})")
     return parser
+
+
+def _focal(text: str) -> tuple[float, str]:
+    """``1200`` → (1200, "px"); ``26mm`` → (26, "mm35")."""
+    unit = "mm35" if text.strip().lower().endswith("mm") else "px"
+    number = text.strip().lower().removesuffix("mm").removesuffix("px")
+    try:
+        value = float(number)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"expected pixels (1200) or 35 mm-equivalent mm (26mm), got {text!r}") \
+            from error
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"the focal length must be > 0, got {text!r}")
+    return value, unit
+
+
+def _photo_pixel(text: str) -> tuple[int, float, float]:
+    try:
+        frame, x, y = text.split(",")
+        return int(frame), float(x), float(y)
+    except ValueError as error:
+        raise InputError(f"a measured point must be 'frame,x,y' (e.g. 0,120,340), got {text!r}") from error
+
+
+def adjust_scene(recon, args: argparse.Namespace):
+    """The camera, scale and sky options applied to a fresh reconstruction, in that order."""
+    from .intrinsics import apply_camera_choice
+    from .scale import scale_from_known_distance
+
+    if args.focal is not None:
+        recon = apply_camera_choice(recon, "manual", *args.focal)
+    elif args.camera == "exif":
+        recon = apply_camera_choice(recon, "exif")
+    if args.known_distance is not None:
+        if args.units is None:
+            raise InputError("--known-distance needs --units (the unit of LENGTH)")
+        a, b, length = args.known_distance
+        factor = scale_from_known_distance(recon, _photo_pixel(a), _photo_pixel(b), length, branch=args.branch)
+        recon = recon.scaled(factor, units=args.units)
+    if args.scale is not None:
+        recon = recon.scaled(args.scale, units=args.units)
+    elif args.units is not None and args.known_distance is None:
+        raise InputError("--units names the unit of --known-distance or --scale; give one of them")
+    if args.hide_sky:
+        from .sky import load_sky_segmenter, with_sky_mask
+
+        recon = with_sky_mask(recon, load_sky_segmenter(args.sky_model))
+    return recon
 
 
 def parse_formats(text: str) -> list[str]:
@@ -67,7 +136,7 @@ def run_reconstruct(args: argparse.Namespace) -> int:
     from .weights import load_model
 
     formats = parse_formats(args.export)
-    settings = ViewSettings(confidence_threshold=args.conf, branch=args.branch)
+    settings = ViewSettings(confidence_threshold=args.conf, branch=args.branch, hide_sky=args.hide_sky)
     started = time.perf_counter()
     with tqdm(total=100, unit="%", bar_format="{l_bar}{bar}| {elapsed} {postfix}", file=sys.stderr) as bar:
         def progress(fraction: float, message: str) -> None:
@@ -85,6 +154,7 @@ def run_reconstruct(args: argparse.Namespace) -> int:
 
         recon = reconstruct_frames(model, frames, mode=args.mode, frames_chunk_size=args.frames_chunk_size,
                                    progress=model_progress)
+        recon = adjust_scene(recon, args)
         progress(0.9, "writing exports")
         written = export_all(recon, args.out, formats=formats, settings=settings,
                              colmap_binary=args.colmap_format == "bin")

@@ -30,7 +30,7 @@ DEFAULT_FRAMES_CHUNK_SIZE = 8
 
 # What a reconstruction can be written as (vggt_core.export); here so that the CLI can list
 # them without importing the exporters.
-EXPORT_FORMATS = ("glb", "ply", "colmap", "npz")
+EXPORT_FORMATS = ("glb", "ply", "colmap", "npz", "depth")
 
 
 @dataclass

@@ -79,24 +79,23 @@ class DerivedFileCache:
 
     @contextlib.contextmanager
     def build(self, group: str, name: str) -> Iterator[tuple[Path, Path | None]]:
-        """Serialise building one file: yields ``(temporary path, existing or None)``.
+        """Serialise building one file: yields ``(temporary path, existing file or None)``.
 
-        If ``existing`` is a path, another request built it meanwhile: use it and write nothing.
-        Otherwise write the temporary path; it becomes the cached file when the block ends
-        without error, is counted, and older files are evicted to fit the cap.
+        If ``existing`` is a path, another request built the file meanwhile: use it. Whatever is
+        written to the temporary path becomes the cached file when the block ends without error
+        (nothing written: nothing changes); it is counted, and older files are evicted to fit.
         """
         path = self.path(group, name)
         with self._lock:
             build_lock = self._build_locks.setdefault(path, threading.Lock())
         with build_lock:
             existing = self.get(group, name)
-            if existing is not None:
-                yield existing, existing
-                return
             path.parent.mkdir(parents=True, exist_ok=True)
-            with atomic_path(path, durable=False) as temporary:
-                yield temporary, None
-            self.add(path)
+            with atomic_path(path, durable=False, optional=True) as temporary:
+                yield temporary, existing
+                wrote = temporary.exists()
+            if wrote:
+                self.add(path)
 
     def add(self, path: Path) -> None:
         """Count a file written under :attr:`root` (handed out now) and evict to fit the cap."""

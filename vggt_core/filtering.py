@@ -44,6 +44,8 @@ class ViewSettings:
         show_cameras: draw camera frustums (viewers only).
         max_points: keep at most this many points, evenly strided over the kept ones (so the
             subset is deterministic and spread over all frames); None for no cap.
+        hide_sky: drop the pixels of ``Reconstruction.sky_mask`` (which must then be computed,
+            see :mod:`vggt_core.sky`).
     """
 
     confidence_threshold: float = 50.0
@@ -54,6 +56,7 @@ class ViewSettings:
     filter_white_background: bool = False
     show_cameras: bool = True
     max_points: int | None = 2_000_000
+    hide_sky: bool = False
 
     def __post_init__(self) -> None:
         threshold = float(self.confidence_threshold)
@@ -156,6 +159,11 @@ def select_points(recon: Reconstruction, settings: ViewSettings = ViewSettings()
         keep &= np.add(np.add(red, green, dtype=np.uint16), blue) >= _BLACK_SUM_BELOW
     if settings.filter_white_background:
         keep &= np.minimum(np.minimum(red, green), blue) <= _WHITE_ALL_ABOVE
+    if settings.hide_sky:
+        if recon.sky_mask is None:
+            raise InputError("hiding the sky needs the reconstruction's sky masks: compute them first "
+                             "(vggt_core.sky.with_sky_mask)")
+        keep &= ~recon.sky_mask[frame_slice].reshape(-1)
     kept = np.flatnonzero(keep)
 
     num_before_cap = int(len(kept))

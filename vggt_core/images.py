@@ -417,6 +417,22 @@ def _pad_to_common_size(
     return padded_tensors, shifted_transforms
 
 
+def model_input_size(sizes: Iterable[tuple[int, int]], mode: str = "crop",
+                     target_size: int = DEFAULT_TARGET_SIZE) -> tuple[int, int]:
+    """``(H, W)`` of the model-input batch for photos of ``sizes`` (upright ``(width, height)``),
+    without decoding them: what :func:`load_images` would produce (too-small photos ignored)."""
+    heights, widths = [], []
+    for width, height in sizes:
+        new_width, new_height = resized_size(int(width), int(height), mode, target_size)
+        if mode == "pad":
+            new_width = new_height = target_size
+        widths.append(new_width)
+        heights.append(min(new_height, target_size) if mode == "crop" else new_height)
+    if not widths:
+        raise InputError("No images were given")
+    return max(heights), max(widths)
+
+
 def _as_source_list(sources: ImageSource | Iterable[ImageSource]) -> list[ImageSource]:
     # A lone path/image/array is a batch of one; note that a str is itself iterable.
     if isinstance(sources, (str, os.PathLike, Image.Image, np.ndarray)):

@@ -17,7 +17,8 @@ from PIL import Image
 
 from .config import DEFAULT_FRAMES_CHUNK_SIZE
 from .errors import FrameLimitError, InputError
-from .images import IMAGE_EXTENSIONS, list_image_files, load_images
+from .exif import exif_focal_length_px, shown_size
+from .images import IMAGE_EXTENSIONS, list_image_files, load_images, model_input_size
 from .memory import estimate_peak_memory_bytes, max_frames_for_memory
 from .reconstruction import Reconstruction, reconstruct
 from .video import VIDEO_EXTENSIONS, extract_frames
@@ -111,22 +112,67 @@ def _activation_bytes(device: torch.device) -> int:
     return 2 if device.type == "cuda" else 4
 
 
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Whether ``num_frames`` frames of ``width × height`` model-input pixels fit on ``device``.
+
+    ``available_bytes`` counts the free memory plus the weights already resident (the estimate
+    counts them too); None where the device gives no figure (MPS), and then ``fits`` and
+    ``max_frames`` are None as well.
+    """
+
+    num_frames: int
+    height: int
+    width: int
+    device: str
+    needed_bytes: int
+    available_bytes: int | None
+    fits: bool | None
+    max_frames: int | None
+
+
+def estimate_memory(config, num_frames: int, height: int, width: int, device: torch.device, *,
+                    frames_chunk_size: int = DEFAULT_FRAMES_CHUNK_SIZE, weight_bytes: int = 4,
+                    resident_weight_bytes: int = 0, num_parameters: int | None = None) -> MemoryEstimate:
+    """The one estimate behind both the out-of-memory guard and the app's preview (before any
+    weights are loaded, ``resident_weight_bytes`` is 0)."""
+    kwargs = dict(frames_chunk_size=frames_chunk_size, activation_bytes=_activation_bytes(device),
+                  weight_bytes=weight_bytes, num_parameters=num_parameters)
+    needed = estimate_peak_memory_bytes(config, num_frames, height, width, **kwargs)
+    free_bytes = available_memory_bytes(device)
+    if free_bytes is None:
+        return MemoryEstimate(num_frames, height, width, str(device), needed, None, None, None)
+    available = free_bytes + resident_weight_bytes
+    fits = needed <= available
+    max_frames = num_frames if fits else max_frames_for_memory(config, height, width, available, **kwargs)
+    return MemoryEstimate(num_frames, height, width, str(device), needed, available, fits, max_frames)
+
+
+def estimate_memory_of_frames(config, frames: Sequence[InputFrame], device: torch.device, *,
+                              mode: str = "crop", frames_chunk_size: int = DEFAULT_FRAMES_CHUNK_SIZE,
+                              num_parameters: int | None = None) -> MemoryEstimate:
+    """:func:`estimate_memory` for input frames, reading only the photos' headers."""
+    sizes = []
+    for frame in frames:
+        size = frame.source.size if isinstance(frame.source, Image.Image) else shown_size(frame.source)
+        if size is not None:
+            sizes.append(size)
+    height, width = model_input_size(sizes, mode)
+    return estimate_memory(config, len(frames), height, width, device, frames_chunk_size=frames_chunk_size,
+                           num_parameters=num_parameters)
+
+
 def check_frames_fit_in_memory(model: torch.nn.Module, num_frames: int, height: int, width: int,
                                frames_chunk_size: int = DEFAULT_FRAMES_CHUNK_SIZE) -> None:
     """Refuse a forward whose estimated peak exceeds the device's available memory plus the
     weights (already resident, but counted by the estimate). Silent where the device reports no
     free-memory figure."""
     device, resident_weight_bytes, bytes_per_weight = _model_device_and_weight_bytes(model)
-    free_bytes = available_memory_bytes(device)
-    if free_bytes is None:
-        return
-    available = free_bytes + resident_weight_bytes
-    needed = estimate_peak_memory_bytes(model.config, num_frames, height, width,
-                                        frames_chunk_size=frames_chunk_size,
-                                        activation_bytes=_activation_bytes(device),
-                                        weight_bytes=bytes_per_weight)
-    if needed > available:
-        raise FrameLimitError(_too_many_frames_message(model, num_frames, height, width, available))
+    estimate = estimate_memory(model.config, num_frames, height, width, device,
+                               frames_chunk_size=frames_chunk_size, weight_bytes=bytes_per_weight,
+                               resident_weight_bytes=resident_weight_bytes)
+    if estimate.fits is False:
+        raise FrameLimitError(_too_many_frames_message(model, num_frames, height, width, estimate.available_bytes))
 
 
 def _too_many_frames_message(model, num_frames: int, height: int, width: int,
@@ -152,30 +198,54 @@ def _is_out_of_memory(error: BaseException) -> bool:
     return isinstance(error, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text)
 
 
-def reconstruct_frames(model: torch.nn.Module, frames: Sequence[InputFrame], *, mode: str = "crop",
-                       frames_chunk_size: int = DEFAULT_FRAMES_CHUNK_SIZE,
-                       progress: ProgressCallback | None = None) -> Reconstruction:
-    """Preprocess ``frames`` (``mode`` "crop" or "pad"), run the model and collect the result.
+@dataclass(frozen=True)
+class DecodedFrames:
+    """Frames read and preprocessed for the model (CPU work, done before the GPU is needed).
 
-    Raises ``InputError`` for unusable images and ``FrameLimitError`` when the frames do not fit
-    in the device's memory (checked before running, and on an out-of-memory error while running);
-    its message says how many frames would fit.
+    Attributes:
+        images: ``[S, 3, H, W]`` float32 in [0, 1].
+        transforms: ``S`` photo → model-input mappings.
+        names: ``S`` frame names.
+        exif_focal_lengths_px: ``S`` focal lengths from the photos' EXIF (None for video frames
+            and photos without the tags), read now because the files are gone once stored.
     """
-    report = progress if progress is not None else (lambda fraction, message: None)
+
+    images: torch.Tensor
+    transforms: list
+    names: list[str]
+    exif_focal_lengths_px: list[float | None]
+
+
+def decode_frames(frames: Sequence[InputFrame], *, mode: str = "crop") -> DecodedFrames:
+    """Read and preprocess ``frames`` (``mode`` "crop" or "pad"); no model involved.
+
+    Raises ``InputError`` for unusable images.
+    """
     if not frames:
         raise InputError("No frames to reconstruct.")
-    report(0.0, f"Preprocessing {len(frames)} frames")
     images, transforms = load_images([frame.source for frame in frames], mode=mode, return_transforms=True)
-    names = [frame.name for frame in frames]
+    focal_lengths = []
+    for frame in frames:
+        focal = None if isinstance(frame.source, Image.Image) else exif_focal_length_px(frame.source)
+        focal_lengths.append(None if focal is None else round(focal, 4))
+    return DecodedFrames(images, list(transforms), [frame.name for frame in frames], focal_lengths)
+
+
+def reconstruct_decoded(model: torch.nn.Module, decoded: DecodedFrames, *,
+                        frames_chunk_size: int = DEFAULT_FRAMES_CHUNK_SIZE,
+                        progress: ProgressCallback | None = None) -> Reconstruction:
+    """Run the model on frames from :func:`decode_frames` and collect the result.
+
+    Raises ``FrameLimitError`` when the frames do not fit in the device's memory (checked
+    before running, and on an out-of-memory error while running); its message says how many
+    frames would fit.
+    """
+    images, num_frames = decoded.images, len(decoded.names)
     height, width = images.shape[-2:]
-    check_frames_fit_in_memory(model, len(frames), height, width, frames_chunk_size)
-
-    def model_progress(fraction: float, message: str) -> None:
-        report(0.1 + 0.9 * fraction, message)
-
+    check_frames_fit_in_memory(model, num_frames, height, width, frames_chunk_size)
     try:
-        return reconstruct(model, images, frames_chunk_size=frames_chunk_size, progress=model_progress,
-                           frame_names=names, transforms=transforms)
+        recon = reconstruct(model, images, frames_chunk_size=frames_chunk_size, progress=progress,
+                            frame_names=decoded.names, transforms=decoded.transforms)
     except RuntimeError as error:  # torch.cuda.OutOfMemoryError is one too
         if not _is_out_of_memory(error):
             raise
@@ -184,4 +254,30 @@ def reconstruct_frames(model: torch.nn.Module, frames: Sequence[InputFrame], *, 
             torch.cuda.empty_cache()
         free_bytes = available_memory_bytes(device)
         available = None if free_bytes is None else resident_weight_bytes + free_bytes
-        raise FrameLimitError(_too_many_frames_message(model, len(frames), height, width, available)) from error
+        raise FrameLimitError(_too_many_frames_message(model, num_frames, height, width, available)) from error
+    # Recorded for the camera options (vggt_core.intrinsics) and the summary: the photos' files
+    # are gone once the reconstruction is stored.
+    recon.info["intrinsics_source"] = "predicted"
+    recon.info["exif_focal_length_px"] = list(decoded.exif_focal_lengths_px)
+    return recon
+
+
+def reconstruct_frames(model: torch.nn.Module, frames: Sequence[InputFrame], *, mode: str = "crop",
+                       frames_chunk_size: int = DEFAULT_FRAMES_CHUNK_SIZE,
+                       progress: ProgressCallback | None = None) -> Reconstruction:
+    """Preprocess ``frames`` (``mode`` "crop" or "pad"), run the model and collect the result:
+    :func:`decode_frames` then :func:`reconstruct_decoded`.
+
+    Raises ``InputError`` for unusable images and ``FrameLimitError`` when the frames do not fit
+    in the device's memory; its message says how many frames would fit.
+    """
+    report = progress if progress is not None else (lambda fraction, message: None)
+    if not frames:
+        raise InputError("No frames to reconstruct.")
+    report(0.0, f"Preprocessing {len(frames)} frames")
+    decoded = decode_frames(frames, mode=mode)
+
+    def model_progress(fraction: float, message: str) -> None:
+        report(0.1 + 0.9 * fraction, message)
+
+    return reconstruct_decoded(model, decoded, frames_chunk_size=frames_chunk_size, progress=model_progress)

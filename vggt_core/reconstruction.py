@@ -64,6 +64,7 @@ _ARRAY_FIELDS: tuple[tuple[str, type, bool], ...] = (
     # Version 2.
     ("track_query_frames", np.int64, True),
     ("sky_mask", np.bool_, True),
+    ("predicted_intrinsics", np.float32, True),
 )
 
 # Arrays stored at a lower precision than they are used at (see docs/store.md, "What is stored"):
@@ -117,6 +118,9 @@ class Reconstruction:
         track_query_frames: ``[N]`` int64, the frame each track's query point was picked in
             (its ``query_points`` are pixels of that frame), or None: every track starts in frame 0.
         sky_mask: ``[S, H, W]`` bool, True where a sky segmenter saw sky, or None (not computed).
+        predicted_intrinsics: ``[S, 3, 3]`` float32, the network's own intrinsics when
+            ``intrinsics`` were replaced by known focal lengths (see :mod:`vggt_core.intrinsics`),
+            or None: ``intrinsics`` are the predicted ones.
         info: JSON-serialisable facts about the scene that are not arrays (units, how the
             cameras were obtained, a refinement report ...); stored as JSON in the file.
     """
@@ -139,6 +143,7 @@ class Reconstruction:
     track_confidence: np.ndarray | None = None
     track_query_frames: np.ndarray | None = None
     sky_mask: np.ndarray | None = None
+    predicted_intrinsics: np.ndarray | None = None
     info: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -174,6 +179,7 @@ class Reconstruction:
             "original_sizes": (num_frames, 2),
             "image_transforms": (num_frames, 4),
             "sky_mask": (num_frames, height, width),
+            "predicted_intrinsics": (num_frames, 3, 3),
         }
         for name, shape in expected.items():
             value = getattr(self, name)
@@ -240,6 +246,55 @@ class Reconstruction:
         """
         return np.stack([self.frame_transform(index).intrinsics_to_original(self.intrinsics[index])
                          for index in range(self.num_frames)])
+
+    @property
+    def units(self) -> str | None:
+        """The length unit of the scene (``"m"``, ``"cm"`` ...), or None: VGGT's arbitrary units."""
+        units = self.info.get("units")
+        return str(units) if units else None
+
+    @property
+    def scale_factor(self) -> float:
+        """Product of every :meth:`scaled` factor since the model run (1 for the model's own units)."""
+        return float(self.info.get("scale_factor", 1.0))
+
+    def scaled(self, factor: float, units: str | None = None) -> Reconstruction:
+        """A copy with every length multiplied by ``factor``; this one is unchanged.
+
+        Depth, both point maps and the camera translations (also in the pose encoding) are
+        scaled; rotations, intrinsics, confidences, images and tracks (pixels) are not, so the
+        cameras still see every point at the same pixel. ``info["scale_factor"]`` accumulates
+        the factors and ``info["units"]`` becomes ``units`` (kept when None). See docs/scene.md.
+
+        Raises:
+            InputError: ``factor`` is not a finite number > 0.
+        """
+        try:
+            factor = float(factor)
+        except (TypeError, ValueError) as error:
+            raise InputError(f"the scale factor must be a number, got {factor!r}") from error
+        if not np.isfinite(factor) or factor <= 0.0:
+            raise InputError(f"the scale factor must be a finite number > 0, got {factor:g}")
+        extrinsics = self.extrinsics.copy()
+        extrinsics[:, :, 3] *= factor
+        pose_encoding = None
+        if self.pose_encoding is not None:
+            pose_encoding = self.pose_encoding.copy()
+            pose_encoding[:, :3] *= factor  # [t(3), quaternion(4), fov_h, fov_w]
+        info = dict(self.info)
+        info["scale_factor"] = self.scale_factor * factor
+        if units is not None:
+            info["units"] = str(units)
+        return dataclasses.replace(
+            self,
+            extrinsics=extrinsics,
+            depth=self.depth * np.float32(factor),
+            points_from_depth=self.points_from_depth * np.float32(factor),
+            world_points=None if self.world_points is None else self.world_points * np.float32(factor),
+            pose_encoding=pose_encoding,
+            frame_names=list(self.frame_names),
+            info=info,
+        )
 
     # ----------------------------------------------------------------------------------------
 

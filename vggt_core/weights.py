@@ -193,18 +193,19 @@ def _config_beside_weights(config_path: Path | None) -> VGGTConfig:
 
 
 def _download_from_hub(repo_id: str, revision: str | None) -> tuple[Path, Path | None]:
-    from huggingface_hub import hf_hub_download
+    from .hub import hub_download, offline_reason
 
+    # Without a network only the cache is asked: it answers at once (see vggt_core/hub.py).
+    offline = offline_reason()
     failures = []
     for filename in HUB_WEIGHT_FILES:
         try:
-            weights = Path(hf_hub_download(repo_id, filename, revision=revision))
+            weights = hub_download(repo_id, filename, revision, cache_only=offline is not None)
             break
         except Exception as error:  # not in the repo, not cached while offline, no network, ...
             failures.append(f"{filename}: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
     else:
-        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-        reason = "HF_HUB_OFFLINE is set and the weights are not in the local cache" if offline else \
+        reason = f"{offline} and the weights are not in the local cache" if offline else \
             "the Hugging Face Hub could not be reached, or the repo has neither file"
         raise WeightsUnavailableError(
             f"could not get the weights of {repo_id!r}: {reason}.\n"
@@ -212,7 +213,7 @@ def _download_from_hub(repo_id: str, revision: str | None) -> tuple[Path, Path |
             f"local file instead (e.g. --checkpoint /path/to/model.pt, or load_model('/path/to/model.pt')).\n"
             "Details: " + " | ".join(failures))
     try:
-        config = Path(hf_hub_download(repo_id, CONFIG_FILE, revision=revision))
+        config = hub_download(repo_id, CONFIG_FILE, revision, cache_only=offline is not None)
     except Exception:  # a repo without config.json uses the VGGT-1B architecture
         config = None
     return weights, config

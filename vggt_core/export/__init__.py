@@ -1,7 +1,8 @@
 """File exports of a :class:`~vggt_core.reconstruction.Reconstruction`.
 
-``glb`` (viewer scene), ``ply`` (point cloud), ``colmap`` (sparse model, also zipped) and
-``npz`` (the full reconstruction, reloadable with ``Reconstruction.load``).
+``glb`` (viewer scene), ``ply`` (point cloud), ``colmap`` (sparse model, also zipped),
+``npz`` (the full reconstruction, reloadable with ``Reconstruction.load``) and ``depth`` (depth
+and confidence maps at the photos' resolution, also zipped).
 """
 
 from __future__ import annotations
@@ -12,12 +13,13 @@ import zipfile
 from pathlib import Path
 from typing import Sequence
 
-from ..atomic_files import atomic_writer
+from ..atomic_files import atomic_write_bytes, atomic_writer
 from ..config import EXPORT_FORMATS
 from ..errors import InputError
 from ..filtering import ViewSettings
 from ..reconstruction import Reconstruction
 from .colmap import build_colmap_reconstruction, export_colmap
+from .depth import export_depth_maps
 from .glb import GlbExport, build_scene, export_glb
 from .ply import export_ply, write_ply
 
@@ -28,6 +30,7 @@ __all__ = [
     "build_scene",
     "export_all",
     "export_colmap",
+    "export_depth_maps",
     "export_glb",
     "export_npz",
     "export_ply",
@@ -42,6 +45,9 @@ PLY_NAME = "points.ply"
 NPZ_NAME = "reconstruction.npz"
 COLMAP_DIR_NAME = "colmap"
 COLMAP_MODEL_SUBDIR = Path("sparse") / "0"
+DEPTH_DIR_NAME = "depth_maps"
+# COLMAP's files have no place for units: they go into this file beside sparse/.
+COLMAP_UNITS_FILE = "units.txt"
 
 
 def zip_folder(folder: str | os.PathLike, path: str | os.PathLike, *, durable: bool = True) -> Path:
@@ -92,7 +98,22 @@ def export_all(recon: Reconstruction, directory: str | os.PathLike,
             shutil.rmtree(colmap_root)  # stale files of an earlier export must not mix in
         written["colmap"] = export_colmap(recon, colmap_root / COLMAP_MODEL_SUBDIR, settings,
                                           binary=colmap_binary, durable=durable)
+        atomic_write_bytes(colmap_root / COLMAP_UNITS_FILE, units_note(recon).encode("utf-8"), durable=durable)
         written["colmap_zip"] = zip_folder(colmap_root, target / f"{COLMAP_DIR_NAME}.zip", durable=durable)
     if "npz" in formats:
         written["npz"] = export_npz(recon, target / NPZ_NAME)
+    if "depth" in formats:
+        depth_root = target / DEPTH_DIR_NAME
+        if depth_root.exists():
+            shutil.rmtree(depth_root)
+        export_depth_maps(recon, depth_root)
+        written["depth"] = depth_root
+        written["depth_zip"] = zip_folder(depth_root, target / f"{DEPTH_DIR_NAME}.zip", durable=durable)
     return written
+
+
+def units_note(recon: Reconstruction) -> str:
+    """One line naming the scene's length unit (and how it was scaled), for formats without a field."""
+    if recon.units is None:
+        return "units: arbitrary (VGGT's own scale; not metric)\n"
+    return f"units: {recon.units} (scaled by {recon.scale_factor:.9g} from VGGT's own scale)\n"

@@ -200,8 +200,8 @@ def build_scene(recon: Reconstruction, settings: ViewSettings = ViewSettings(),
 
     Returns:
         The scene. ``scene.metadata`` holds ``num_points`` (drawn, 0 for the placeholder),
-        ``num_cameras``, ``confidence_threshold``, ``branch`` and ``alignment`` (4×4 nested
-        list); glTF export keeps them as the scene's ``extras``.
+        ``num_cameras``, ``confidence_threshold``, ``branch``, ``alignment`` (4×4 nested
+        list), ``units`` and ``scale_factor``; glTF export keeps them as the scene's ``extras``.
     """
     if selection is None:
         selection = select_points(recon, settings)
@@ -231,6 +231,9 @@ def build_scene(recon: Reconstruction, settings: ViewSettings = ViewSettings(),
         "confidence_threshold": float(selection.threshold),
         "branch": selection.branch,
         "alignment": alignment.tolist(),
+        # glTF means metres; VGGT's lengths are arbitrary until scaled (docs/scene.md).
+        "units": recon.units or "arbitrary",
+        "scale_factor": recon.scale_factor,
     })
     return scene
 

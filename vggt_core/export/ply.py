@@ -28,9 +28,9 @@ PLY_VERTEX_DTYPE = np.dtype([
 _PLY_TYPE_NAMES = {np.dtype("<f4"): "float", np.dtype("u1"): "uchar"}
 
 
-def _header(num_points: int) -> bytes:
+def _header(num_points: int, comments: tuple[str, ...] = ()) -> bytes:
     lines = ["ply", "format binary_little_endian 1.0", "comment written by vggt_core",
-             f"element vertex {num_points}"]
+             *(f"comment {comment}" for comment in comments), f"element vertex {num_points}"]
     for name in PLY_VERTEX_DTYPE.names:
         lines.append(f"property {_PLY_TYPE_NAMES[PLY_VERTEX_DTYPE[name]]} {name}")
     lines.append("end_header")
@@ -38,7 +38,7 @@ def _header(num_points: int) -> bytes:
 
 
 def write_ply(path: str | os.PathLike, points: np.ndarray, colors: np.ndarray,
-              confidence: np.ndarray, *, durable: bool = True) -> Path:
+              confidence: np.ndarray, comments: tuple[str, ...] = (), *, durable: bool = True) -> Path:
     """Write a binary little-endian PLY, atomically (``durable=False`` skips the fsync).
 
     Args:
@@ -46,6 +46,7 @@ def write_ply(path: str | os.PathLike, points: np.ndarray, colors: np.ndarray,
         points: ``[N, 3]`` positions (stored as float32).
         colors: ``[N, 3]`` uint8 RGB.
         confidence: ``[N]`` (stored as float32).
+        comments: extra one-line header comments (e.g. ``"units m"``).
 
     Returns:
         ``path`` as a :class:`Path`.
@@ -64,7 +65,7 @@ def write_ply(path: str | os.PathLike, points: np.ndarray, colors: np.ndarray,
     vertices["confidence"] = confidence
     target = Path(path)
     with atomic_writer(target, durable=durable) as handle:
-        handle.write(_header(num_points))
+        handle.write(_header(num_points, tuple(" ".join(str(c).split()) for c in comments)))
         handle.write(vertices.tobytes())
     return target
 
@@ -73,4 +74,6 @@ def export_ply(recon: Reconstruction, path: str | os.PathLike,
                settings: ViewSettings = ViewSettings(), *, durable: bool = True) -> Path:
     """Write the points that pass ``settings`` (world coordinates, no viewer alignment)."""
     selection = select_points(recon, settings)
-    return write_ply(path, selection.points, selection.colors, selection.confidence, durable=durable)
+    return write_ply(path, selection.points, selection.colors, selection.confidence,
+                     comments=(f"units {recon.units or 'arbitrary'}", f"scale_factor {recon.scale_factor:.9g}"),
+                     durable=durable)
