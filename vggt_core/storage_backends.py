@@ -145,6 +145,8 @@ class FsspecEntryStorage:
     # ---- paths
 
     def _path(self, entry_id: str, name: str | None = None) -> str:
+        if "/" in entry_id:  # one path component, or it could climb out of the root
+            raise ValueError(f"invalid entry id {entry_id!r}")
         parts = [entry_id] + (name.split("/") if name is not None else [])
         if any(part in ("", ".", "..") for part in parts):
             raise ValueError(f"invalid storage key {entry_id!r}/{name!r}")
@@ -170,6 +172,7 @@ class FsspecEntryStorage:
     def open_write(self, entry_id: str, name: str) -> Iterator[BinaryIO]:
         """A spooled buffer (in memory up to 64 MB, then a temporary file) uploaded as one object
         when the block ends without error; nothing is written if it raises."""
+        self._path(entry_id, name)  # refuse a bad key before the caller does the work
         with tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES) as buffer:
             yield buffer
             buffer.seek(0)
