@@ -56,6 +56,7 @@ from vggt_core.reconstruction import Reconstruction
 from vggt_core.sky import DEFAULT_SKY_MODEL, SkyModelUnavailableError
 from vggt_core.store import (PendingSave, ReconstructionStore, StoreError,
                              StoredReconstruction)
+from vggt_core.storage_backends import StorageConfigurationError, open_entry_storage, parse_storage_location
 from vggt_core.upload_limits import UploadLimits, check_upload_sizes
 
 from app_panels.camera import CameraPanel
@@ -113,6 +114,9 @@ class AppSettings:
     max_frames: int = 64
     video_fps: float = 1.0
     storage_dir: Path = APP_DIR / "app-data" / "reconstructions"
+    # An fsspec URL (s3://, gs://, hf://datasets/...) instead of storage_dir, or None.
+    storage_url: str | None = None
+    storage_cache_mb: float = 2048.0
     storage_ttl_hours: float = 72.0
     storage_max_mb: float = 2048.0
     public_url: str | None = None
@@ -124,6 +128,11 @@ class AppSettings:
     @property
     def upload_limits(self) -> UploadLimits:
         return UploadLimits(max_file_mb=self.max_upload_mb, max_total_mb=self.max_total_upload_mb)
+
+    @property
+    def storage_location(self) -> str:
+        """Where reconstructions are stored: the URL, else the folder."""
+        return self.storage_url or str(self.storage_dir)
 
     @property
     def is_untrained(self) -> bool:
@@ -203,9 +212,17 @@ def build_arg_parser(environ: Mapping[str, str] | None = None) -> argparse.Argum
         help="initial frames per second sampled from a video (users can change it) "
              f"[env VGGT_VIDEO_FPS; default {defaults.video_fps:g}]")
     parser.add_argument(
-        "--storage-dir", type=Path, default=env.get("VGGT_STORAGE_DIR", str(defaults.storage_dir)),
-        help="folder for stored reconstructions (one sub-folder per share id) "
-             "[env VGGT_STORAGE_DIR; default app-data/reconstructions next to app.py]")
+        "--storage", "--storage-dir", dest="storage", type=_storage_location,
+        default=env.get("VGGT_STORAGE") or env.get("VGGT_STORAGE_DIR") or str(defaults.storage_dir),
+        help="where reconstructions are stored: a folder (one sub-folder per share id), or an fsspec URL "
+             "shared by several servers: s3://bucket/prefix, gs://bucket/prefix, hf://datasets/<user>/<repo>/<prefix> "
+             "(keep it private: entries hold the users' photos) [env VGGT_STORAGE or VGGT_STORAGE_DIR; "
+             "default app-data/reconstructions next to app.py]")
+    parser.add_argument(
+        "--storage-cache-mb", type=_positive_float,
+        default=env.get("VGGT_STORAGE_CACHE_MB", str(defaults.storage_cache_mb)),
+        help="with a URL storage: keep up to this many megabytes of recently opened reconstructions on "
+             f"the local disk [env VGGT_STORAGE_CACHE_MB; default {defaults.storage_cache_mb:g}]")
     parser.add_argument(
         "--storage-ttl-hours", type=_positive_float,
         default=env.get("VGGT_STORAGE_TTL_HOURS", str(defaults.storage_ttl_hours)),
@@ -240,11 +257,22 @@ def build_arg_parser(environ: Mapping[str, str] | None = None) -> argparse.Argum
     return parser
 
 
+def _storage_location(text: str) -> str:
+    try:
+        parse_storage_location(text)
+    except StorageConfigurationError as error:
+        raise argparse.ArgumentTypeError(str(error)) from error
+    return text
+
+
 def parse_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> AppSettings:
     args = build_arg_parser(environ).parse_args(argv)
+    defaults_storage_dir = AppSettings.storage_dir
     return AppSettings(checkpoint=args.checkpoint, device=args.device, host=args.host, port=args.port,
                        share=args.share, max_frames=args.max_frames, video_fps=args.video_fps,
-                       storage_dir=Path(args.storage_dir).expanduser(),
+                       storage_dir=(defaults_storage_dir if "://" in args.storage else Path(args.storage).expanduser()),
+                       storage_url=args.storage if "://" in args.storage else None,
+                       storage_cache_mb=args.storage_cache_mb,
                        storage_ttl_hours=args.storage_ttl_hours, storage_max_mb=args.storage_max_mb,
                        public_url=args.public_url, sky_model=args.sky_model, cache_max_mb=args.cache_max_mb,
                        max_upload_mb=args.max_upload_mb, max_total_upload_mb=args.max_total_upload_mb)
@@ -880,9 +908,21 @@ def derived_files_folder() -> Path:
     return folder
 
 
+def storage_cache_folder() -> Path:
+    """This process's local cache of a URL storage's entries (see vggt_core.storage_cache), after
+    removing those of processes that crashed."""
+    parent = APP_DIR / "app-data" / "storage-cache"
+    remove_stale_process_folders(parent)
+    folder = parent / f"{os.getpid()}-{secrets.token_hex(4)}"
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
+
+
 def build_app(settings: AppSettings) -> gr.Blocks:
     """The whole page. Prunes the storage folder once; starts nothing."""
-    store = ReconstructionStore(settings.storage_dir, ttl_seconds=settings.storage_ttl_hours * 3600,
+    storage = open_entry_storage(settings.storage_location, cache_folder=storage_cache_folder(),
+                                 cache_max_bytes=int(settings.storage_cache_mb * 1e6))
+    store = ReconstructionStore(storage=storage, ttl_seconds=settings.storage_ttl_hours * 3600,
                                 max_bytes=int(settings.storage_max_mb * 1e6))
     store.prune()
     service = ReconstructionService(settings, store, ViewRenderer(derived_files_folder(), int(settings.cache_max_mb * 1e6)),

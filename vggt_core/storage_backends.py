@@ -287,9 +287,12 @@ class FsspecEntryStorage:
         self.fs.invalidate_cache()
 
 
-def open_entry_storage(text: str | os.PathLike, *,
-                       storage_options: Mapping[str, Any] | None = None) -> LocalFolderStorage | FsspecEntryStorage:
-    """The store's storage for a folder or URL. Credentials come from each backend's usual
+def open_entry_storage(text: str | os.PathLike, *, storage_options: Mapping[str, Any] | None = None,
+                       cache_folder: str | os.PathLike | None = None, cache_max_bytes: int = 0):
+    """The store's storage for a folder or URL: a :class:`~vggt_core.storage.LocalFolderStorage`,
+    or a :class:`FsspecEntryStorage`, behind a
+    :class:`~vggt_core.storage_cache.CachedEntryStorage` of ``cache_max_bytes`` in
+    ``cache_folder`` when both are given (a folder needs no cache). Credentials come from each backend's usual
     environment (AWS_* variables and ~/.aws for s3fs, Google's application-default credentials for
     gcsfs, HF_TOKEN for the Hub); ``storage_options`` are passed to the fsspec filesystem."""
     location = parse_storage_location(text)
@@ -308,6 +311,10 @@ def open_entry_storage(text: str | os.PathLike, *,
     storage = FsspecEntryStorage(location, filesystem_class(**options))
     if location.protocol == "hf":
         _check_dataset_is_visible(storage)
+    if cache_folder is not None and cache_max_bytes > 0:
+        from .storage_cache import CachedEntryStorage
+
+        return CachedEntryStorage(storage, cache_folder, max_bytes=cache_max_bytes)
     return storage
 
 
