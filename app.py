@@ -49,6 +49,7 @@ from vggt_core.depth_maps import colorize_confidence_maps, colorize_depth_maps
 from vggt_core.derived_cache import DerivedFileCache, remove_stale_process_folders
 from vggt_core.export import export_colmap, export_depth_maps, export_glb, export_ply, zip_folder
 from vggt_core.filtering import ViewSettings
+from vggt_core.first_view import FirstView, load_first_view, save_first_view
 from vggt_core.images import open_image_rgb
 from vggt_core.pipeline import DecodedFrames, InputFrame, decode_frames, gather_input_frames, is_video_file
 from vggt_core.pipeline import reconstruct_decoded
@@ -745,6 +746,7 @@ class ReconstructionService:
         self.renderer = renderer
         self.models = models
         self.sky = SkyMasks(store, settings.sky_model)
+        self._prefetch_slot = threading.Semaphore(1)
 
     # ---- before running
 
@@ -817,9 +819,12 @@ class ReconstructionService:
         """Every output of the page (see ``scene_outputs`` in :func:`build_app`) for a stored
         reconstruction, viewed with ``base`` for all frames, overridden by a share link's
         view parameters ``link_query``."""
+        base = dataclasses.replace(base, frame_index=None)
+        fast = self._first_view_outputs(recon_id, base, page_url, link_query)
+        if fast is not None:
+            return fast
         stored = self.store.load(recon_id)
         recon = stored.reconstruction
-        base = dataclasses.replace(base, frame_index=None)
         settings, ignored = view_settings_from_query(link_query or {}, base, recon.num_frames)
         if ignored:
             gr.Warning(user_message(f"The link's view settings {', '.join(ignored)} are not valid; "
@@ -834,6 +839,73 @@ class ReconstructionService:
                 None,  # clears the downloads of the previous reconstruction
                 confidence, branch, show_cameras, black, white, max_points, hide_sky)
 
+    # ---- the first view of a link, from a few megabytes (vggt_core.first_view)
+
+    def save_first_view(self, recon_id: str, settings: ViewSettings) -> None:
+        """Keep what the page showed for a new scene beside it, so its link opens without the
+        arrays. Best effort: without it, a link still opens, only more slowly."""
+        settings = dataclasses.replace(settings, frame_index=None)  # as scene_outputs shows it
+        if settings.hide_sky:
+            return  # its pictures depend on a mask computed later; such links load the scene
+        try:
+            stored = self.store.load(recon_id)
+            view = self.renderer.view(stored, settings)
+            gallery = [(Path(path).name, caption, Path(path).read_bytes())
+                       for path, caption in self.renderer.depth_gallery(stored)]
+            save_first_view(self.store, recon_id, FirstView(
+                settings_key=_settings_digest(settings), num_frames=stored.reconstruction.num_frames,
+                summary=summary_markdown(stored, view), frame_choices=frame_choices(stored.reconstruction),
+                glb=Path(view.glb_path).read_bytes(), gallery=gallery))
+        except (StoreError, OSError) as error:
+            logger.warning("could not keep the first view of %s (%s)", recon_id, error)
+
+    def _first_view_outputs(self, recon_id: str, base: ViewSettings, page_url: str,
+                            link_query: Mapping[str, str] | None) -> tuple | None:
+        """The page's outputs from the entry's first view when the link asks for that view; None
+        otherwise. The full scene is then read in the background for the next view change."""
+        first = load_first_view(self.store, recon_id)
+        if first is None:
+            return None
+        settings, ignored = view_settings_from_query(link_query or {}, base, first.num_frames)
+        if ignored or settings.hide_sky or _settings_digest(settings) != first.settings_key:
+            return None
+        metadata = self.store.metadata(recon_id)
+        glb_name = f"view-{_settings_digest(settings)}.glb"
+        with self.renderer.cache.build(recon_id, glb_name) as (partial, existing):
+            if existing is None:
+                partial.write_bytes(first.glb)
+        gallery = []
+        for name, caption, data in first.gallery:
+            with self.renderer.cache.build(recon_id, name) as (partial, existing):
+                if existing is None:
+                    partial.write_bytes(data)
+            gallery.append((str(self.renderer.cache.path(recon_id, name)), caption))
+        self._prefetch(recon_id)
+        confidence, branch, frame, show_cameras, black, white, max_points, hide_sky = \
+            [settings.confidence_threshold, settings.branch, ALL_FRAMES_CHOICE, settings.show_cameras,
+             settings.filter_black_background, settings.filter_white_background, settings.max_points,
+             settings.hide_sky]
+        expires = datetime.fromtimestamp(float(metadata["created_at"]) + self.store.ttl_seconds, tz=timezone.utc)
+        return (str(self.renderer.cache.path(recon_id, glb_name)), first.summary, gallery,
+                gr.Dropdown(choices=first.frame_choices, value=frame), recon_id,
+                gr.Textbox(value=share_link(page_url, recon_id, settings), info=_expiry_text(expires)),
+                None, confidence, branch, show_cameras, black, white, max_points, hide_sky)
+
+    def _prefetch(self, recon_id: str) -> None:
+        """Read the full scene in the background (one at a time; skipped when one is running)."""
+        if not self._prefetch_slot.acquire(blocking=False):
+            return
+
+        def load() -> None:
+            try:
+                self.store.load(recon_id)
+            except Exception as error:  # noqa: BLE001  (the next view change reports it)
+                logger.info("prefetching %s failed: %s", recon_id, error)
+            finally:
+                self._prefetch_slot.release()
+
+        threading.Thread(target=load, name="store-prefetch", daemon=True).start()
+
     def view_outputs(self, recon_id: str, controls: Sequence[Any], page_url: str) -> tuple[str, str, str]:
         """The viewer's GLB, the summary and the share link after a view control changed."""
         stored = self.store.load(recon_id)
@@ -847,8 +919,11 @@ class ReconstructionService:
         return self.renderer.downloads(stored, functools.partial(self.store.copy_npz, recon_id), settings)
 
     def expiry_note(self, stored: StoredReconstruction) -> str:
-        expires = datetime.fromtimestamp(self.store.expires_at(stored), tz=timezone.utc)
-        return f"Anyone with this link can view this reconstruction until {expires:%Y-%m-%d %H:%M} UTC."
+        return _expiry_text(datetime.fromtimestamp(self.store.expires_at(stored), tz=timezone.utc))
+
+
+def _expiry_text(expires: datetime) -> str:
+    return f"Anyone with this link can view this reconstruction until {expires:%Y-%m-%d %H:%M} UTC."
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1027,6 +1102,7 @@ def build_app(settings: AppSettings) -> gr.Blocks:
             outputs = service.scene_outputs(pending.id, view, page_url(request))
             progress(0.98, desc="Saving the reconstruction")
             pending.wait()  # the share link is shown only once it survives a crash
+            service.save_first_view(pending.id, view)
             return outputs
 
         @show_user_errors
