@@ -53,6 +53,7 @@ from vggt_core.derived_cache import CacheFullError, DerivedFileCache, remove_sta
 from vggt_core.export import (COLMAP_UNITS_FILE, export_colmap, export_depth_maps, export_glb, export_ply,
                               units_note, zip_folder)
 from vggt_core.filtering import ViewSettings
+from vggt_core.first_view import FirstView, load_first_view, save_first_view
 from vggt_core.images import open_image_rgb
 from vggt_core.pipeline import DecodedFrames, InputFrame, decode_frames, gather_input_frames, is_video_file
 from vggt_core.pipeline import reconstruct_decoded
@@ -60,6 +61,7 @@ from vggt_core.reconstruction import Reconstruction
 from vggt_core.sky import DEFAULT_SKY_MODEL, SkyModelUnavailableError
 from vggt_core.store import (PendingSave, ReconstructionStore, StoreError,
                              StoredReconstruction)
+from vggt_core.storage_backends import StorageConfigurationError, open_entry_storage, parse_storage_location
 from vggt_core.tracks import DEFAULT_MAX_QUERY_POINTS, track_reconstruction
 from vggt_core.upload_limits import UploadLimits, check_upload_sizes
 
@@ -119,6 +121,9 @@ class AppSettings:
     max_frames: int = 64
     video_fps: float = 1.0
     storage_dir: Path = APP_DIR / "app-data" / "reconstructions"
+    # An fsspec URL (s3://, gs://, hf://datasets/...) instead of storage_dir, or None.
+    storage_url: str | None = None
+    storage_cache_mb: float = 2048.0
     storage_ttl_hours: float = 72.0
     storage_max_mb: float = 2048.0
     public_url: str | None = None
@@ -131,6 +136,11 @@ class AppSettings:
     @property
     def upload_limits(self) -> UploadLimits:
         return UploadLimits(max_file_mb=self.max_upload_mb, max_total_mb=self.max_total_upload_mb)
+
+    @property
+    def storage_location(self) -> str:
+        """Where reconstructions are stored: the URL, else the folder."""
+        return self.storage_url or str(self.storage_dir)
 
     @property
     def is_untrained(self) -> bool:
@@ -210,9 +220,17 @@ def build_arg_parser(environ: Mapping[str, str] | None = None) -> argparse.Argum
         help="initial frames per second sampled from a video (users can change it) "
              f"[env VGGT_VIDEO_FPS; default {defaults.video_fps:g}]")
     parser.add_argument(
-        "--storage-dir", type=Path, default=env.get("VGGT_STORAGE_DIR", str(defaults.storage_dir)),
-        help="folder for stored reconstructions (one sub-folder per share id) "
-             "[env VGGT_STORAGE_DIR; default app-data/reconstructions next to app.py]")
+        "--storage", "--storage-dir", dest="storage", type=_storage_location,
+        default=env.get("VGGT_STORAGE") or env.get("VGGT_STORAGE_DIR") or str(defaults.storage_dir),
+        help="where reconstructions are stored: a folder (one sub-folder per share id), or an fsspec URL "
+             "shared by several servers: s3://bucket/prefix, gs://bucket/prefix, hf://datasets/<user>/<repo>/<prefix> "
+             "(keep it private: entries hold the users' photos) [env VGGT_STORAGE or VGGT_STORAGE_DIR; "
+             "default app-data/reconstructions next to app.py]")
+    parser.add_argument(
+        "--storage-cache-mb", type=_positive_float,
+        default=env.get("VGGT_STORAGE_CACHE_MB", str(defaults.storage_cache_mb)),
+        help="with a URL storage: keep up to this many megabytes of recently opened reconstructions on "
+             f"the local disk [env VGGT_STORAGE_CACHE_MB; default {defaults.storage_cache_mb:g}]")
     parser.add_argument(
         "--storage-ttl-hours", type=_positive_float,
         default=env.get("VGGT_STORAGE_TTL_HOURS", str(defaults.storage_ttl_hours)),
@@ -251,11 +269,22 @@ def build_arg_parser(environ: Mapping[str, str] | None = None) -> argparse.Argum
     return parser
 
 
+def _storage_location(text: str) -> str:
+    try:
+        parse_storage_location(text)
+    except StorageConfigurationError as error:
+        raise argparse.ArgumentTypeError(str(error)) from error
+    return text
+
+
 def parse_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> AppSettings:
     args = build_arg_parser(environ).parse_args(argv)
+    defaults_storage_dir = AppSettings.storage_dir
     return AppSettings(checkpoint=args.checkpoint, device=args.device, host=args.host, port=args.port,
                        share=args.share, max_frames=args.max_frames, video_fps=args.video_fps,
-                       storage_dir=Path(args.storage_dir).expanduser(),
+                       storage_dir=(defaults_storage_dir if "://" in args.storage else Path(args.storage).expanduser()),
+                       storage_url=args.storage if "://" in args.storage else None,
+                       storage_cache_mb=args.storage_cache_mb,
                        storage_ttl_hours=args.storage_ttl_hours, storage_max_mb=args.storage_max_mb,
                        public_url=args.public_url, sky_model=args.sky_model, cache_max_mb=args.cache_max_mb,
                        max_upload_mb=args.max_upload_mb, max_total_upload_mb=args.max_total_upload_mb,
@@ -773,6 +802,7 @@ class ReconstructionService:
         self.renderer = renderer
         self.models = models
         self.sky = SkyMasks(store, settings.sky_model)
+        self._prefetch_slot = threading.Semaphore(1)
 
     # ---- before running
 
@@ -862,9 +892,12 @@ class ReconstructionService:
         """Every output of the page (see ``scene_outputs`` in :func:`build_app`) for a stored
         reconstruction, viewed with ``base`` for all frames, overridden by a share link's
         view parameters ``link_query``."""
+        base = dataclasses.replace(base, frame_index=None)
+        fast = self._first_view_outputs(recon_id, base, page_url, link_query)
+        if fast is not None:
+            return fast
         stored = self.store.load(recon_id)
         recon = stored.reconstruction
-        base = dataclasses.replace(base, frame_index=None)
         settings, ignored = view_settings_from_query(link_query or {}, base, recon.num_frames)
         if ignored:
             gr.Warning(user_message(f"The link's view settings {', '.join(ignored)} are not valid; "
@@ -880,6 +913,73 @@ class ReconstructionService:
                 None,  # clears the downloads of the previous reconstruction
                 confidence, branch, show_cameras, black, white, max_points, hide_sky)
 
+    # ---- the first view of a link, from a few megabytes (vggt_core.first_view)
+
+    def save_first_view(self, recon_id: str, settings: ViewSettings) -> None:
+        """Keep what the page showed for a new scene beside it, so its link opens without the
+        arrays. Best effort: without it, a link still opens, only more slowly."""
+        settings = dataclasses.replace(settings, frame_index=None)  # as scene_outputs shows it
+        if settings.hide_sky:
+            return  # its pictures depend on a mask computed later; such links load the scene
+        try:
+            stored = self.store.load(recon_id)
+            view = self.renderer.view(stored, settings)
+            gallery = [(Path(path).name, caption, Path(path).read_bytes())
+                       for path, caption in self.renderer.depth_gallery(stored)]
+            save_first_view(self.store, recon_id, FirstView(
+                settings_key=_settings_digest(settings), num_frames=stored.reconstruction.num_frames,
+                summary=summary_markdown(stored, view), frame_choices=frame_choices(stored.reconstruction),
+                glb=Path(view.glb_path).read_bytes(), gallery=gallery))
+        except (StoreError, OSError) as error:
+            logger.warning("could not keep the first view of %s (%s)", recon_id, error)
+
+    def _first_view_outputs(self, recon_id: str, base: ViewSettings, page_url: str,
+                            link_query: Mapping[str, str] | None) -> tuple | None:
+        """The page's outputs from the entry's first view when the link asks for that view; None
+        otherwise. The full scene is then read in the background for the next view change."""
+        first = load_first_view(self.store, recon_id)
+        if first is None:
+            return None
+        settings, ignored = view_settings_from_query(link_query or {}, base, first.num_frames)
+        if ignored or settings.hide_sky or _settings_digest(settings) != first.settings_key:
+            return None
+        metadata = self.store.metadata(recon_id)
+        glb_name = f"view-{_settings_digest(settings)}.glb"
+        with self.renderer.cache.build(recon_id, glb_name) as (partial, existing):
+            if existing is None:
+                partial.write_bytes(first.glb)
+        gallery = []
+        for name, caption, data in first.gallery:
+            with self.renderer.cache.build(recon_id, name) as (partial, existing):
+                if existing is None:
+                    partial.write_bytes(data)
+            gallery.append((str(self.renderer.cache.path(recon_id, name)), caption))
+        self._prefetch(recon_id)
+        confidence, branch, frame, show_cameras, black, white, max_points, hide_sky = \
+            [settings.confidence_threshold, settings.branch, ALL_FRAMES_CHOICE, settings.show_cameras,
+             settings.filter_black_background, settings.filter_white_background, settings.max_points,
+             settings.hide_sky]
+        expires = datetime.fromtimestamp(float(metadata["created_at"]) + self.store.ttl_seconds, tz=timezone.utc)
+        return (str(self.renderer.cache.path(recon_id, glb_name)), first.summary, gallery,
+                gr.Dropdown(choices=first.frame_choices, value=frame), recon_id,
+                gr.Textbox(value=share_link(page_url, recon_id, settings), info=_expiry_text(expires)),
+                None, confidence, branch, show_cameras, black, white, max_points, hide_sky)
+
+    def _prefetch(self, recon_id: str) -> None:
+        """Read the full scene in the background (one at a time; skipped when one is running)."""
+        if not self._prefetch_slot.acquire(blocking=False):
+            return
+
+        def load() -> None:
+            try:
+                self.store.load(recon_id)
+            except Exception as error:  # noqa: BLE001  (the next view change reports it)
+                logger.info("prefetching %s failed: %s", recon_id, error)
+            finally:
+                self._prefetch_slot.release()
+
+        threading.Thread(target=load, name="store-prefetch", daemon=True).start()
+
     def view_outputs(self, recon_id: str, controls: Sequence[Any], page_url: str) -> tuple[str, str, str]:
         """The viewer's GLB, the summary and the share link after a view control changed."""
         stored = self.store.load(recon_id)
@@ -894,8 +994,11 @@ class ReconstructionService:
         return self.renderer.downloads(stored, functools.partial(self.store.copy_npz, recon_id), settings)
 
     def expiry_note(self, stored: StoredReconstruction) -> str:
-        expires = datetime.fromtimestamp(self.store.expires_at(stored), tz=timezone.utc)
-        return f"Anyone with this link can view this reconstruction until {expires:%Y-%m-%d %H:%M} UTC."
+        return _expiry_text(datetime.fromtimestamp(self.store.expires_at(stored), tz=timezone.utc))
+
+
+def _expiry_text(expires: datetime) -> str:
+    return f"Anyone with this link can view this reconstruction until {expires:%Y-%m-%d %H:%M} UTC."
 
 
 # ---------------------------------------------------------------------------------------------
@@ -955,9 +1058,21 @@ def derived_files_folder() -> Path:
     return folder
 
 
+def storage_cache_folder() -> Path:
+    """This process's local cache of a URL storage's entries (see vggt_core.storage_cache), after
+    removing those of processes that crashed."""
+    parent = APP_DIR / "app-data" / "storage-cache"
+    remove_stale_process_folders(parent)
+    folder = parent / f"{os.getpid()}-{secrets.token_hex(4)}"
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
+
+
 def open_store(settings: AppSettings) -> ReconstructionStore:
-    """The reconstruction store of ``settings``, pruned once."""
-    store = ReconstructionStore(settings.storage_dir, ttl_seconds=settings.storage_ttl_hours * 3600,
+    """The reconstruction store of ``settings`` (a folder or a URL storage), pruned once."""
+    storage = open_entry_storage(settings.storage_location, cache_folder=storage_cache_folder(),
+                                 cache_max_bytes=int(settings.storage_cache_mb * 1e6))
+    store = ReconstructionStore(storage=storage, ttl_seconds=settings.storage_ttl_hours * 3600,
                                 max_bytes=int(settings.storage_max_mb * 1e6))
     store.prune()
     return store
@@ -1070,6 +1185,7 @@ def build_app(settings: AppSettings, store: ReconstructionStore | None = None) -
             outputs = service.scene_outputs(pending.id, view, page_url(request))
             progress(0.98, desc="Saving the reconstruction")
             pending.wait()  # the share link is shown only once it survives a crash
+            service.save_first_view(pending.id, view)
             return outputs
 
         @show_user_errors

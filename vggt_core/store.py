@@ -293,6 +293,22 @@ class ReconstructionStore:
                 if self._leases[recon_id] <= 0:
                     del self._leases[recon_id]
 
+    def metadata(self, recon_id: str) -> dict[str, Any]:
+        """The entry's manifest alone (a few hundred bytes), without its arrays.
+
+        Raises:
+            ReconstructionNotFoundError: malformed, unknown or expired id.
+            StoreUnavailableError: a transient storage error.
+        """
+        with self.reading(recon_id):
+            with self._lock:
+                known = self._cache.get(recon_id) or (
+                    self._pending[recon_id][0] if recon_id in self._pending else None)
+            metadata = dict(known.metadata) if known is not None else self._read_metadata(recon_id)
+            if self._is_expired(float(metadata.get("created_at", 0.0))):
+                raise ReconstructionNotFoundError(self.not_found_message())
+            return metadata
+
     def load(self, recon_id: str) -> StoredReconstruction:
         """The stored reconstruction, from memory when it was used recently.
 
