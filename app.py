@@ -59,7 +59,7 @@ from vggt_core.reconstruction import Reconstruction
 from vggt_core.sky import SkyModelUnavailableError
 from vggt_core.store import (PendingSave, ReconstructionStore, StoreError,
                              StoredReconstruction)
-from vggt_core.storage_backends import open_entry_storage
+from vggt_core.storage_backends import StorageConfigurationError, open_entry_storage
 from vggt_core.tracks import DEFAULT_MAX_QUERY_POINTS, track_reconstruction
 from vggt_core.upload_limits import check_upload_sizes
 
@@ -990,7 +990,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if settings.is_untrained:
         logger.warning("running with %s: an untrained model, results are meaningless", RANDOM_TINY_CHECKPOINT)
-    store = open_store(settings)
+    try:
+        store = open_store(settings)
+    except StorageConfigurationError as error:  # a bad --storage: say why, no traceback
+        raise SystemExit(f"app.py: {error}") from None
     demo = build_app(settings, store)
     demo.queue(max_size=32)
     exit_cleanly_on_sigterm()

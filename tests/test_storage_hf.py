@@ -323,3 +323,15 @@ def test_only_the_fake_hub_is_contacted(fake_hub):
 
     with pytest.raises(Exception, match="may not reach 'huggingface.co'"):
         HfApi(endpoint="https://huggingface.co", token=DEFAULT_TOKEN).dataset_info("me/store")
+
+
+def test_an_unreachable_hub_is_a_transient_error_not_a_crash(fake_hub):
+    """httpx's connection errors are not OSErrors; the store must still see "try again"."""
+    from storage_servers import free_port
+
+    storage = open_entry_storage(STORE_URL, storage_options={"endpoint": f"http://127.0.0.1:{free_port()}",
+                                                             "token": DEFAULT_TOKEN})
+    for operation in (storage.entry_ids, lambda: storage.read_bytes("entry", "data.bin")):
+        with pytest.raises(OSError) as raised:
+            operation()
+        assert not isinstance(raised.value, FileNotFoundError)

@@ -17,6 +17,7 @@ have changed the store since), because expiry on several servers at once relies 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import posixpath
@@ -124,6 +125,20 @@ def _import_filesystem_class(location: StorageLocation):
             f"pip install -r requirements-storage.txt") from error
 
 
+def _as_os_errors(method):
+    """Report a back end's own exception types (httpx's when the Hub is unreachable, say) as
+    OSError, which the store treats as transient: never as "gone", never as a crash."""
+    @functools.wraps(method)
+    def wrapper(*args, **kwargs):
+        try:
+            return method(*args, **kwargs)
+        except (OSError, ValueError):
+            raise
+        except Exception as error:  # noqa: BLE001
+            raise OSError(f"{type(error).__name__}: {error}") from error
+    return wrapper
+
+
 class FsspecEntryStorage:
     """The store's entries (see :class:`vggt_core.storage.EntryStorage`) on an fsspec filesystem:
     object ``<root>/<entry id>/<name>`` for each file.
@@ -157,6 +172,7 @@ class FsspecEntryStorage:
 
     # ---- writing
 
+    @_as_os_errors
     def write_bytes(self, entry_id: str, name: str, data: bytes) -> None:
         """Create or replace one object, all or nothing."""
         path = self._path(entry_id, name)
@@ -180,6 +196,7 @@ class FsspecEntryStorage:
 
     # ---- reading
 
+    @_as_os_errors
     def read_bytes(self, entry_id: str, name: str) -> bytes:
         """The object's bytes. FileNotFoundError when it does not exist; any other OSError (a
         network or permission error) propagates, so it is never mistaken for "gone"."""
@@ -196,6 +213,7 @@ class FsspecEntryStorage:
                 raise FileNotFoundError(path) from error
             raise
 
+    @_as_os_errors
     def exists(self, entry_id: str, name: str) -> bool:
         path = self._path(entry_id, name)
         self._invalidate(path)
@@ -209,6 +227,7 @@ class FsspecEntryStorage:
 
     # ---- listing (only the store's housekeeping lists; nothing lists entries to users)
 
+    @_as_os_errors
     def entry_ids(self) -> list[str]:
         """Names of the folders directly below the root (the store's entries)."""
         self._invalidate(self.location.root)
@@ -219,6 +238,7 @@ class FsspecEntryStorage:
         return sorted(posixpath.basename(item["name"].rstrip("/")) for item in listing
                       if item.get("type") == "directory")
 
+    @_as_os_errors
     def list_files(self, entry_id: str) -> dict[str, EntryFile]:
         """Every object of the entry: name → size and modification time; empty if it has none."""
         base = self._path(entry_id)
@@ -244,6 +264,7 @@ class FsspecEntryStorage:
 
     # ---- deleting
 
+    @_as_os_errors
     def delete_entry(self, entry_id: str) -> None:
         """Remove the entry, its manifest first (so a half-deleted entry is invisible, like a
         half-written one); idempotent, since several servers may expire the same entry at once."""
@@ -341,6 +362,8 @@ def _check_dataset_is_visible(storage: FsspecEntryStorage) -> None:
         # Anything else (the Hub briefly unreachable) must not keep the server from starting:
         # every later operation reports its own error.
         logger.warning("could not check the dataset %s: %s", storage.location.hf_repo_id, error)
+    except Exception as error:  # noqa: BLE001  (no network: httpx's errors are not OSErrors)
+        logger.warning("could not reach the Hub to check the dataset %s: %s", storage.location.hf_repo_id, error)
 
 
 def _is_hf_entry_not_found(error: BaseException) -> bool:

@@ -341,17 +341,7 @@ class ReconstructionStore:
         """
         target = Path(destination)
         with self.reading(recon_id):
-            with self._lock:
-                pending = self._pending.get(recon_id)
-            if pending is not None:
-                try:
-                    pending[1].result(timeout_s)
-                except TimeoutError as error:
-                    raise StoreUnavailableError("The reconstruction is still being saved; please try "
-                                                "again in a few seconds.") from error
-                except StoreError:
-                    raise
-            self._require_live(recon_id)
+            self._wait_until_written(recon_id, timeout_s)
             local = self.storage.local_path(recon_id, self.RECONSTRUCTION_FILE)
             try:
                 with atomic_path(target, durable=False) as temporary:
@@ -368,6 +358,17 @@ class ReconstructionStore:
                 raise StoreUnavailableError(self.unavailable_message(error)) from error
         return target
 
+    def _wait_until_written(self, recon_id: str, timeout_s: float) -> None:
+        """Wait for a save of ``recon_id`` still in progress; its failure raises a StoreError."""
+        with self._lock:
+            pending = self._pending.get(recon_id)
+        if pending is not None:
+            try:
+                pending[1].result(timeout_s)
+            except TimeoutError as error:
+                raise StoreUnavailableError("The reconstruction is still being saved; please try "
+                                            "again in a few seconds.") from error
+
     def npz_path(self, recon_id: str, timeout_s: float = 30.0) -> Path:
         """The stored ``.npz`` of an id on the local disk, once it is written (waits at most
         ``timeout_s``). Prefer :meth:`copy_npz`, which also holds the entry while copying.
@@ -377,15 +378,7 @@ class ReconstructionStore:
             StoreUnavailableError: the save is still running or failed.
         """
         with self.reading(recon_id):
-            with self._lock:
-                pending = self._pending.get(recon_id)
-            if pending is not None:
-                try:
-                    pending[1].result(timeout_s)
-                except TimeoutError as error:
-                    raise StoreUnavailableError("The reconstruction is still being saved; please try "
-                                                "again in a few seconds.") from error
-            self._require_live(recon_id)
+            self._wait_until_written(recon_id, timeout_s)
             path = self.storage.local_path(recon_id, self.RECONSTRUCTION_FILE)
             if path is None or not path.is_file():
                 raise ReconstructionNotFoundError(self.not_found_message())
