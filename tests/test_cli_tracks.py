@@ -3,34 +3,14 @@
 from __future__ import annotations
 
 import json
-import shutil
 import zipfile
 
 import numpy as np
 import pycolmap
-import pytest
-import torch
 from PIL import Image
 
-from conftest import TINY
-from test_cli import run_cli
+from test_cli import checkpoint, photos, run_cli  # noqa: F401 (fixtures shared with the plain CLI tests)
 from vggt_core.reconstruction import Reconstruction
-from vggt_core.synthetic import render_scene, save_scene_images
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory, tiny_state_dict):
-    folder = tmp_path_factory.mktemp("ckpt")
-    torch.save(tiny_state_dict, folder / "model.pt")
-    shutil.copy(TINY / "config.json", folder / "config.json")
-    return folder / "model.pt"
-
-
-@pytest.fixture(scope="module")
-def photos(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("photos")
-    save_scene_images(render_scene("room", num_views=4, width=168, height=126), folder)
-    return folder
 
 
 def test_help_documents_the_track_flags_and_formats():
