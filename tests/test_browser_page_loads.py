@@ -14,7 +14,7 @@ from vggt_core.store import ReconstructionStore
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium")
 
-EXTRA_SECONDS = 3.0  # added to each page load's scene building, so that queueing would show
+EXTRA_SECONDS = 8.0  # added to each page load, so queueing would show; long enough for four tabs to boot on a loaded machine
 
 
 def test_four_page_loads_at_once_run_side_by_side(tmp_path, small_reconstruction, monkeypatch):
