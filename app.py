@@ -53,6 +53,7 @@ from vggt_core.export import (COLMAP_UNITS_FILE, export_colmap, export_depth_map
 from vggt_core.filtering import ViewSettings
 from vggt_core.first_view import FirstView, load_first_view, save_first_view
 from vggt_core.images import open_image_rgb
+from vggt_core.model_worker import ModelWorker
 from vggt_core.pipeline import DecodedFrames, InputFrame, decode_frames, gather_input_frames, is_video_file
 from vggt_core.pipeline import reconstruct_decoded
 from vggt_core.reconstruction import Reconstruction
@@ -188,9 +189,10 @@ def refine_cameras(recon: Reconstruction) -> tuple[Reconstruction, dict[str, Any
         return recon, {"refined": False, "message": "bundle adjustment failed on the server (logged)"}
 
 
-# One model forward at a time in this process (one GPU, one copy of the weights). Requests
-# decode their inputs and build their scenes in parallel; only the forward waits for this.
-GPU_SLOT = threading.Semaphore(1)
+# One model forward at a time in this process (one GPU, one copy of the weights), on one thread
+# at a lower CPU priority than the requests of people looking at scenes (vggt_core.model_worker).
+# Requests decode their inputs and build their scenes in parallel; only the forward waits here.
+GPU_SLOT = ModelWorker()
 
 
 class ProgressRange:
@@ -561,13 +563,8 @@ class ReconstructionService:
         if not self.models.is_loaded:
             progress(0.05, desc="Loading the model weights (first run only)")
         model = self.models.get()
-        if not GPU_SLOT.acquire(blocking=False):
-            progress(0.08, desc="Waiting for the GPU (another reconstruction is running)")
-            GPU_SLOT.acquire()
-        try:
-            return work(model)
-        finally:
-            GPU_SLOT.release()
+        return GPU_SLOT.run(lambda: work(model), on_wait=lambda: progress(
+            0.08, desc="Waiting for the GPU (another reconstruction is running)"))
 
     def track(self, recon: Reconstruction, queries: Any, progress: Callable[..., Any]) -> Reconstruction:
         """The Tracks view's tracking of ``queries`` on a stored scene (see :func:`run_tracking`)."""
@@ -934,7 +931,7 @@ def build_app(settings: AppSettings, store: ReconstructionStore | None = None) -
                           api_visibility="private", concurrency_limit=4)
         # One model run at a time: a GPU holds one VGGT forward, and ZeroGPU grants one GPU.
         # Two at once: one decodes its inputs or builds its scene while the other holds the GPU
-        # (GPU_SLOT: only the model's forward is serialised).
+        # (GPU_SLOT: only the model's forward is serialised, on its low-priority thread).
         reconstruct_button.click(reconstruct, [input_files, video_fps, *view_controls, refine_checkbox], scene_outputs,
                                  api_name="reconstruct", concurrency_limit=2, concurrency_id="reconstruct",
                                  scroll_to_output=True)

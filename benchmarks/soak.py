@@ -92,13 +92,15 @@ def process_stats(pid: int) -> tuple[float, int]:
     return rss_kb / 1024, threads
 
 
-def make_photo_sets(folder: Path, count: int) -> list[list[str]]:
+def make_photo_sets(folder: Path, count: int, num_views: int | None = None) -> list[list[str]]:
+    """``count`` sets of synthetic photos (320x240) of ``num_views`` each (default 3 to 5)."""
     sets = []
     for index in range(count):
-        scene = render_scene(("room", "table")[index % 2], num_views=3 + index % 3, width=320, height=240, seed=index)
+        views = num_views or 3 + index % 3
+        scene = render_scene(("room", "table")[index % 2], num_views=views, width=320, height=240, seed=index)
         paths = []
         for view_index, pixels in enumerate(scene.images):
-            path = folder / f"set{index}_view{view_index}.jpg"
+            path = folder / f"set{index}_{views}_view{view_index}.jpg"
             Image.fromarray(np.asarray(pixels)).save(path, quality=90)
             paths.append(str(path))
         sets.append(paths)
@@ -111,11 +113,12 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start_server(port: int, storage: Path, gradio_cache: Path, cache_max_mb: float, log) -> subprocess.Popen:
+def start_server(port: int, storage: Path, gradio_cache: Path, cache_max_mb: float, log,
+                 extra_args: list[str] = ()) -> subprocess.Popen:
     environ = dict(os.environ, GRADIO_TEMP_DIR=str(gradio_cache))
     server = subprocess.Popen(
         [sys.executable, "app.py", "--checkpoint", "random-tiny", "--host", "127.0.0.1", "--port", str(port),
-         "--storage-dir", str(storage), "--cache-max-mb", str(cache_max_mb), "--max-frames", "8"],
+         "--storage-dir", str(storage), "--cache-max-mb", str(cache_max_mb), "--max-frames", "8", *extra_args],
         cwd=REPO_ROOT, env=environ, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:

@@ -51,6 +51,30 @@ def _write_glb(gltf: dict, binary: bytes) -> bytes:
                      struct.pack("<II", len(binary), _BIN_CHUNK), binary])
 
 
+def _repack_buffer_views(gltf: dict, binary: bytes, replaced: dict[int, bytes]) -> bytes:
+    """The binary chunk with buffer views ``replaced`` (index -> new bytes) and the others
+    copied, each 4-byte aligned; ``gltf``'s buffer views and buffer length are updated to match."""
+    chunks = []
+    for index, view in enumerate(gltf["bufferViews"]):
+        if index in replaced:
+            chunks.append(replaced[index])
+        else:
+            offset = view.get("byteOffset", 0)
+            chunks.append(binary[offset:offset + view["byteLength"]])
+    packed, offset = [], 0
+    for index, chunk in enumerate(chunks):
+        padding = -offset % 4
+        packed.append(b"\0" * padding)
+        offset += padding
+        gltf["bufferViews"][index]["byteOffset"] = offset
+        gltf["bufferViews"][index]["byteLength"] = len(chunk)
+        packed.append(chunk)
+        offset += len(chunk)
+    repacked = b"".join(packed)
+    gltf["buffers"][0]["byteLength"] = len(repacked)
+    return repacked
+
+
 def _node_matrix(node: dict) -> np.ndarray:
     """The node's local transform ``[4, 4]`` (row-major here; glTF stores column-major)."""
     if "matrix" in node:
@@ -101,22 +125,7 @@ def quantize_point_positions(data: bytes, mesh_name: str = "points") -> bytes:
     dequantize[:3, :3] = np.diag(half)
     dequantize[:3, 3] = center
 
-    new_views = []  # every buffer view's bytes, the positions replaced
-    for index, other in enumerate(gltf["bufferViews"]):
-        if index == view_index:
-            new_views.append(quantized.tobytes())
-        else:
-            offset = other.get("byteOffset", 0)
-            new_views.append(binary[offset:offset + other["byteLength"]])
-    packed, offset = [], 0
-    for index, chunk in enumerate(new_views):
-        padding = -offset % 4
-        packed.append(b"\0" * padding)
-        offset += padding
-        gltf["bufferViews"][index]["byteOffset"] = offset
-        gltf["bufferViews"][index]["byteLength"] = len(chunk)
-        packed.append(chunk)
-        offset += len(chunk)
+    binary = _repack_buffer_views(gltf, binary, {view_index: quantized.tobytes()})
     view.update(byteStride=8, target=34962)
     bounds = np.clip(np.rint((np.stack([low, high]) - center) / half * _INT16_MAX), -_INT16_MAX, _INT16_MAX)
     accessor.update(componentType=_SHORT, normalized=True, byteOffset=0,
@@ -131,6 +140,4 @@ def quantize_point_positions(data: bytes, mesh_name: str = "points") -> bytes:
         names = gltf.setdefault(key, [])
         if QUANTIZATION_EXTENSION not in names:
             names.append(QUANTIZATION_EXTENSION)
-    binary = b"".join(packed)
-    gltf["buffers"][0]["byteLength"] = len(binary)
     return _write_glb(gltf, binary)
