@@ -302,7 +302,8 @@ def main(argv: list[str] | None = None) -> None:
         stats = {"calls": len(values), "errors": len(errors),
                  "p50_s": percentile(values, 0.5) if values else None,
                  "p95_s": percentile(values, 0.95) if values else None,
-                 "max_s": max(values) if values else None}
+                 "max_s": max(values) if values else None,
+                 "error_messages": sorted(set(errors))[:5]}
         summary[endpoint] = stats
         print(f"{endpoint:18s} {stats['calls']:6d} {stats['errors']:6d} "
               f"{stats['p50_s'] or 0:7.2f} {stats['p95_s'] or 0:7.2f} {stats['max_s'] or 0:7.2f}")
