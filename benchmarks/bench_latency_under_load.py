@@ -235,21 +235,21 @@ def main(argv: list[str] | None = None) -> None:
         big_sets = make_photo_sets(work, 2, num_views=args.frames)
         results["runs"] = []
         for run in range(args.repeat):
-            results["runs"].append({})
+            this_run = {}
+            results["runs"].append(this_run)
             for name, loaded in (("quiet", False), ("loaded", True)):
-                results["runs"][-1][name] = phase(url, links, big_sets, args.viewers, args.minutes * 60, loaded)
+                this_run[name] = phase(url, links, big_sets, args.viewers, args.minutes * 60, loaded)
                 rss, threads = process_stats(server.pid)
-                results["runs"][-1][name]["server_rss_mb"], results["runs"][-1][name]["server_threads"] = \
-                    round(rss, 1), threads
+                this_run[name]["server_rss_mb"], this_run[name]["server_threads"] = round(rss, 1), threads
                 print(f"\nrun {run + 1}, {name}: {args.viewers} visitors"
                       + (" + 1 user reconstructing" if loaded else ""))
                 print(f"{'':14s} {'calls':>6s} {'errors':>6s} {'p50 s':>7s} {'p95 s':>7s} {'max s':>7s}")
                 for endpoint in ("page_load", "open_link", "view_change", "reconstruct"):
-                    stats = results["runs"][-1][name].get(endpoint)
+                    stats = this_run[name].get(endpoint)
                     if stats:
                         figures = " ".join(_seconds(stats.get(key)) for key in ("p50_s", "p95_s", "max_s"))
                         print(f"{endpoint:14s} {stats['calls']:6d} {stats['errors']:6d} {figures}", flush=True)
-                for message in results["runs"][-1][name]["error_messages"]:
+                for message in this_run[name]["error_messages"]:
                     print(f"  error: {message}")
     finally:
         server.terminate()
