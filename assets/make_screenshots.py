@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 import app  # noqa: E402
 from vggt_core.reconstruction import reconstruction_from_synthetic_scene  # noqa: E402
-from vggt_core.store import ReconstructionStore  # noqa: E402
+from vggt_app.store.entries import ReconstructionStore  # noqa: E402
 from vggt_core.synthetic import render_scene  # noqa: E402
 
 SCREENSHOT_DIR = Path(__file__).resolve().parent / "screenshots"

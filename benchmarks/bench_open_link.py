@@ -21,17 +21,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import app  # noqa: E402
+import vggt_app.renderer  # noqa: E402
+import vggt_app.service  # noqa: E402
+import vggt_app.share_links  # noqa: E402
 from storage_servers import S3_CREDENTIALS, make_bucket, s3_server  # noqa: E402
 from vggt_core.reconstruction import reconstruction_from_synthetic_scene  # noqa: E402
-from vggt_core.storage_backends import open_entry_storage  # noqa: E402
-from vggt_core.store import ReconstructionStore  # noqa: E402
+from vggt_app.store.backends import open_entry_storage  # noqa: E402
+from vggt_app.store.entries import ReconstructionStore  # noqa: E402
 from vggt_core.synthetic import render_scene  # noqa: E402
 
 
-def service_on(url: str, endpoint: str, folder: Path) -> app.ReconstructionService:
+def service_on(url: str, endpoint: str, folder: Path) -> vggt_app.service.ReconstructionService:
     storage = open_entry_storage(url, storage_options={"endpoint_url": endpoint})
     store = ReconstructionStore(storage=storage, ttl_seconds=3600, max_bytes=10**12, memory_cache_size=0)
-    return app.ReconstructionService(app.AppSettings(), store, app.ViewRenderer(folder / secrets.token_hex(3)), None)
+    return vggt_app.service.ReconstructionService(app.AppSettings(), store, vggt_app.renderer.ViewRenderer(folder / secrets.token_hex(3)), None)
 
 
 def main() -> None:
@@ -47,9 +50,9 @@ def main() -> None:
         url = f"s3://{make_bucket(endpoint)}/links"
         first = service_on(url, endpoint, Path(scratch))
         recon_id = first.store.save(recon)
-        shown = first.scene_outputs(recon_id, app.DEFAULT_VIEW_SETTINGS, "http://first/")
-        first.save_first_view(recon_id, app.DEFAULT_VIEW_SETTINGS)
-        link_query = app.share_link_query(shown[5].value)
+        shown = first.scene_view(recon_id, vggt_app.share_links.DEFAULT_VIEW_SETTINGS, "http://first/")
+        first.save_first_view(recon_id, vggt_app.share_links.DEFAULT_VIEW_SETTINGS)
+        link_query = vggt_app.share_links.share_link_query(shown.share_link)
         files = first.store.storage.list_files(recon_id)
         for name, file in sorted(files.items()):
             print(f"  stored {name}: {file.size / 1e6:.1f} MB")
@@ -62,7 +65,7 @@ def main() -> None:
                 if label == "full arrays":
                     second._first_view_outputs = lambda *a, **k: None
                 began = time.perf_counter()
-                second.scene_outputs(recon_id, app.DEFAULT_VIEW_SETTINGS, "http://second/", link_query)
+                second.scene_view(recon_id, vggt_app.share_links.DEFAULT_VIEW_SETTINGS, "http://second/", link_query)
                 timings[label].append(time.perf_counter() - began)
         for label, values in timings.items():
             print(f"open a link ({label}): median {statistics.median(values):.2f} s over {len(values)} "

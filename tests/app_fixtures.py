@@ -20,6 +20,8 @@ import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import app  # noqa: E402
+import vggt_app.page  # noqa: E402
+import vggt_core  # noqa: E402
 from vggt_core.synthetic import render_scene  # noqa: E402
 
 # Small enough to run fast on a CPU, large enough for a meaningful frame limit test.
@@ -42,12 +44,12 @@ def free_port() -> int:
 
 def launch_test_app(storage_dir: Path, **overrides) -> RunningApp:
     """Build and start the app on a free local port; the caller must ``demo.close()`` it."""
-    settings = app.AppSettings(checkpoint=app.RANDOM_TINY_CHECKPOINT, host="127.0.0.1", port=free_port(),
+    settings = app.AppSettings(checkpoint=vggt_core.RANDOM_TINY_CHECKPOINT, host="127.0.0.1", port=free_port(),
                                max_frames=TEST_MAX_FRAMES, storage_dir=storage_dir, **overrides)
     demo = app.build_app(settings)
     demo.queue()
     _, local_url, _ = demo.launch(server_name=settings.host, server_port=settings.port,
-                                  prevent_thread_lock=True, quiet=True, **app.launch_options(settings))
+                                  prevent_thread_lock=True, quiet=True, **vggt_app.page.launch_options(settings))
     return RunningApp(url=local_url, settings=settings, demo=demo)
 
 

@@ -23,16 +23,27 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
 import app
+import gradio
+import torch
+import vggt_app.errors
+import vggt_app.renderer
+import vggt_app.runtime.models
+import vggt_app.share_links
+import vggt_app.store.derived_cache
+import vggt_app.store.entries
+import vggt_app.view_controls
+import vggt_core
+import vggt_core.filtering
 from app_fixtures import TEST_MAX_FRAMES, running_app, synthetic_photos  # noqa: F401 (fixtures)
 from vggt_core.reconstruction import Reconstruction
-from vggt_core.store import is_valid_reconstruction_id
+from vggt_app.store.entries import is_valid_reconstruction_id
 from vggt_core.synthetic import render_scene
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 # Default view controls, in the order of the endpoints' inputs after the files/id:
 # confidence percentile, branch, frame, show cameras, hide black, hide white, max points.
-DEFAULT_VIEW = [50, "depth", "All", True, False, False, app.DEFAULT_MAX_POINTS]
+DEFAULT_VIEW = [50, "depth", "All", True, False, False, vggt_app.share_links.DEFAULT_MAX_POINTS]
 
 
 def points_shown(summary: str) -> int:
@@ -143,7 +154,7 @@ def test_raising_the_confidence_threshold_shows_fewer_points(client, reconstruct
 
 
 def test_view_options_change_the_scene_without_rerunning(client, reconstructed):
-    one_frame = [50, "depth", "1: view_1.png", False, False, False, app.DEFAULT_MAX_POINTS]
+    one_frame = [50, "depth", "1: view_1.png", False, False, False, vggt_app.share_links.DEFAULT_MAX_POINTS]
     glb_path, summary, _ = client.predict(reconstructed["id"], *one_frame, api_name="/update_view")
     scene = trimesh.load(glb_path, file_type="glb", force="scene")
     assert not [name for name in scene.geometry if name.startswith("camera_")]  # cameras hidden
@@ -308,9 +319,9 @@ def test_reconstruct_without_files_asks_for_some(client):
 
 
 def test_missing_weights_message_says_how_to_pass_a_checkpoint(tmp_path):
-    models = app.ModelProvider(str(tmp_path / "no-such-model.pt"))
-    handler = app.show_user_errors(lambda: models.get())
-    with pytest.raises(app.gr.Error) as raised:
+    models = vggt_app.runtime.models.ModelProvider(str(tmp_path / "no-such-model.pt"))
+    handler = vggt_app.errors.show_user_errors(lambda: models.get())
+    with pytest.raises(gradio.Error) as raised:
         handler()
     assert "--checkpoint /path/to/model.pt" in raised.value.message
     assert not models.is_loaded
@@ -334,34 +345,34 @@ def test_on_a_space_weights_are_read_on_the_cpu_and_the_model_run_gets_a_gpu(mon
 
     def fake_load_model(source, device=None):
         asked_devices.append(device)
-        return app.torch.nn.Linear(1, 1)
+        return torch.nn.Linear(1, 1)
 
-    monkeypatch.setattr(app, "load_model", fake_load_model)
-    app.ModelProvider("facebook/VGGT-1B", device=None).get()
+    monkeypatch.setattr(vggt_app.runtime.models, "load_model", fake_load_model)
+    vggt_app.runtime.models.ModelProvider("facebook/VGGT-1B", device=None).get()
     # ZeroGPU forbids touching CUDA outside the GPU call: on a Space the weights are read onto
     # the CPU; elsewhere the loader picks the best device itself.
     assert asked_devices == (["cpu"] if on_a_space else [None])
-    app._on_zero_gpu(lambda: None)
-    assert granted == ([app.ZERO_GPU_DURATION_SECONDS] if on_a_space else [])
+    vggt_app.runtime.models.on_zero_gpu(lambda: None)
+    assert granted == ([vggt_app.runtime.models.ZERO_GPU_DURATION_SECONDS] if on_a_space else [])
 
 
 def test_unexpected_errors_become_a_generic_message(caplog):
     def broken():
         raise ZeroDivisionError("internal detail")
 
-    with pytest.raises(app.gr.Error) as raised:
-        app.show_user_errors(broken)()
-    assert raised.value.message == app.GENERIC_ERROR_MESSAGE
+    with pytest.raises(gradio.Error) as raised:
+        vggt_app.errors.show_user_errors(broken)()
+    assert raised.value.message == vggt_app.errors.GENERIC_ERROR_MESSAGE
     assert "internal detail" not in raised.value.message
     assert "ZeroDivisionError" in caplog.text  # logged for the operator
 
 
 def test_user_file_names_in_messages_are_not_html():
     def refuse_file():
-        raise app.InputError("<img src=x onerror=alert(1)>.png: not a readable image file")
+        raise vggt_core.InputError("<img src=x onerror=alert(1)>.png: not a readable image file")
 
-    with pytest.raises(app.gr.Error) as raised:
-        app.show_user_errors(refuse_file)()
+    with pytest.raises(gradio.Error) as raised:
+        vggt_app.errors.show_user_errors(refuse_file)()
     assert "<img" not in raised.value.message and "&lt;img" in raised.value.message
 
 
@@ -371,13 +382,13 @@ def test_user_file_names_in_messages_are_not_html():
 
 
 def test_renderer_reuses_views_and_keeps_derived_files_under_the_cap(tmp_path, small_reconstruction):
-    stored = app.StoredReconstruction("A" * 24, small_reconstruction, {"created_at": 0.0})
-    settings = [app.view_settings_from_controls(conf, "depth", "All", True, False, False, 1000, num_frames=2)
+    stored = vggt_app.store.entries.StoredReconstruction("A" * 24, small_reconstruction, {"created_at": 0.0})
+    settings = [vggt_app.view_controls.view_settings_from_values({"confidence": conf, "branch": "depth", "frame": "All", "show_cameras": True, "max_points": 1000}, num_frames=2)
                 for conf in (10, 50, 90, 95)]
-    probe = app.ViewRenderer(tmp_path / "probe").view(stored, settings[0])
+    probe = vggt_app.renderer.ViewRenderer(tmp_path / "probe").view(stored, settings[0])
     view_bytes = probe.glb_path.stat().st_size
     # Room for two views; files handed out are protected for serve_grace_s (0 here).
-    renderer = app.ViewRenderer(tmp_path / "cache", max_bytes=int(2.5 * view_bytes), serve_grace_s=0)
+    renderer = vggt_app.renderer.ViewRenderer(tmp_path / "cache", max_bytes=int(2.5 * view_bytes), serve_grace_s=0)
     first = renderer.view(stored, settings[0])
     assert renderer.view(stored, settings[0]) == first  # cached, not re-rendered
     mtime = first.glb_path.stat().st_mtime_ns
@@ -392,10 +403,10 @@ def test_renderer_reuses_views_and_keeps_derived_files_under_the_cap(tmp_path, s
 
 
 def test_a_view_being_served_is_not_evicted(tmp_path, small_reconstruction):
-    stored = app.StoredReconstruction("A" * 24, small_reconstruction, {"created_at": 0.0})
-    settings = [app.view_settings_from_controls(conf, "depth", "All", True, False, False, 1000, num_frames=2)
+    stored = vggt_app.store.entries.StoredReconstruction("A" * 24, small_reconstruction, {"created_at": 0.0})
+    settings = [vggt_app.view_controls.view_settings_from_values({"confidence": conf, "branch": "depth", "frame": "All", "show_cameras": True, "max_points": 1000}, num_frames=2)
                 for conf in (10, 50, 90)]
-    renderer = app.ViewRenderer(tmp_path, max_bytes=1, serve_grace_s=30)  # everything is over the cap
+    renderer = vggt_app.renderer.ViewRenderer(tmp_path, max_bytes=1, serve_grace_s=30)  # everything is over the cap
     served = [renderer.view(stored, setting) for setting in settings]
     # Each was just handed to the web server, which fetches it moments later: all kept for now.
     assert all(view.glb_path.is_file() for view in served)
@@ -406,15 +417,15 @@ def test_a_view_being_served_is_not_evicted(tmp_path, small_reconstruction):
 
 
 def test_download_bundles_are_refused_rather_than_overfill_the_cap(tmp_path, small_reconstruction):
-    store = app.ReconstructionStore(tmp_path / "store", ttl_seconds=3600, max_bytes=10**9)
+    store = vggt_app.store.entries.ReconstructionStore(tmp_path / "store", ttl_seconds=3600, max_bytes=10**9)
     recon_id = store.save(small_reconstruction)
     stored = store.load(recon_id)
-    renderer = app.ViewRenderer(tmp_path / "cache", max_bytes=1)
-    settings = [app.view_settings_from_controls(conf, "depth", "All", True, False, False, 1000, num_frames=2)
+    renderer = vggt_app.renderer.ViewRenderer(tmp_path / "cache", max_bytes=1)
+    settings = [vggt_app.view_controls.view_settings_from_values({"confidence": conf, "branch": "depth", "frame": "All", "show_cameras": True, "max_points": 1000}, num_frames=2)
                 for conf in (10, 50)]
     copy_npz = functools.partial(store.copy_npz, recon_id)
     renderer.downloads(stored, copy_npz, settings[0])  # one bundle may go over a full cap ...
-    with pytest.raises(app.CacheFullError, match="try again in a minute"):
+    with pytest.raises(vggt_app.store.derived_cache.CacheFullError, match="try again in a minute"):
         renderer.downloads(stored, copy_npz, settings[1])  # ... a second one waits for room
     assert renderer.downloads(stored, copy_npz, settings[0])  # the ready one is still served
     later = time.monotonic() + renderer.DOWNLOAD_GRACE_S + 1
@@ -425,11 +436,11 @@ def test_download_bundles_are_refused_rather_than_overfill_the_cap(tmp_path, sma
 def test_parallel_identical_downloads_build_each_file_once(tmp_path, small_reconstruction):
     import threading
 
-    store = app.ReconstructionStore(tmp_path / "store", ttl_seconds=3600, max_bytes=10**9)
+    store = vggt_app.store.entries.ReconstructionStore(tmp_path / "store", ttl_seconds=3600, max_bytes=10**9)
     recon_id = store.save(small_reconstruction)
     stored = store.load(recon_id)
-    renderer = app.ViewRenderer(tmp_path / "cache")
-    settings = app.view_settings_from_controls(50, "depth", "All", True, False, False, 1000, num_frames=2)
+    renderer = vggt_app.renderer.ViewRenderer(tmp_path / "cache")
+    settings = vggt_app.view_controls.view_settings_from_values({"confidence": 50, "branch": "depth", "frame": "All", "show_cameras": True, "max_points": 1000}, num_frames=2)
     results, errors = [], []
 
     def download():
@@ -452,9 +463,9 @@ def test_parallel_identical_downloads_build_each_file_once(tmp_path, small_recon
 
 
 def test_pruning_runs_when_the_app_starts(tmp_path, small_reconstruction):
-    old_id = app.ReconstructionStore(tmp_path, ttl_seconds=1, max_bytes=10**9, clock=lambda: 0.0).save(
+    old_id = vggt_app.store.entries.ReconstructionStore(tmp_path, ttl_seconds=1, max_bytes=10**9, clock=lambda: 0.0).save(
         small_reconstruction)
-    app.build_app(app.AppSettings(checkpoint=app.RANDOM_TINY_CHECKPOINT, storage_dir=tmp_path,
+    app.build_app(app.AppSettings(checkpoint=vggt_core.RANDOM_TINY_CHECKPOINT, storage_dir=tmp_path,
                                   storage_ttl_hours=1.0))
     assert not (tmp_path / old_id).exists()  # created at t=0, long expired now
 
@@ -518,22 +529,22 @@ def test_bad_settings_are_refused_with_a_message(environ, flag, capsys):
 
 
 @pytest.mark.parametrize("settings", [
-    app.DEFAULT_VIEW_SETTINGS,
-    app.ViewSettings(confidence_threshold=12.5, branch="point", frame_index=0, show_cameras=False,
+    vggt_app.share_links.DEFAULT_VIEW_SETTINGS,
+    vggt_core.filtering.ViewSettings(confidence_threshold=12.5, branch="point", frame_index=0, show_cameras=False,
                      filter_black_background=True, filter_white_background=True, max_points=30_000),
 ])
 def test_view_settings_survive_a_share_link(settings):
     from urllib.parse import parse_qsl, urlsplit
 
-    link = app.share_link("https://example.org/vggt/?old=1#top", "A" * 24, settings)
+    link = vggt_app.share_links.share_link("https://example.org/vggt/?old=1#top", "A" * 24, settings)
     query = dict(parse_qsl(urlsplit(link).query))
     assert link.startswith("https://example.org/vggt/?r=" + "A" * 24)
-    restored, ignored = app.view_settings_from_query(query, app.DEFAULT_VIEW_SETTINGS, num_frames=2)
+    restored, ignored = vggt_app.share_links.view_settings_from_query(query, vggt_app.share_links.DEFAULT_VIEW_SETTINGS, num_frames=2)
     assert restored == settings and ignored == []
 
 
 def test_share_link_helpers():
-    assert app.share_link("https://host/app/?r=old#x", "ID") == "https://host/app/?r=ID"
-    assert app.reconstruction_id_from_text("https://host/app/?r=abc&x=1") == "abc"
-    assert app.reconstruction_id_from_text("  abc  ") == "abc"
-    assert app.reconstruction_id_from_text("https://host/app/") == ""
+    assert vggt_app.share_links.share_link("https://host/app/?r=old#x", "ID") == "https://host/app/?r=ID"
+    assert vggt_app.share_links.reconstruction_id_from_text("https://host/app/?r=abc&x=1") == "abc"
+    assert vggt_app.share_links.reconstruction_id_from_text("  abc  ") == "abc"
+    assert vggt_app.share_links.reconstruction_id_from_text("https://host/app/") == ""

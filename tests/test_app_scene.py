@@ -15,6 +15,7 @@ from gradio_client.exceptions import AppError
 from PIL import ExifTags, Image
 
 import app
+import vggt_app.share_links
 from app_fixtures import launch_test_app, synthetic_photos  # noqa: F401 (fixtures)
 from vggt_core.config import tiny_config
 from vggt_core.memory import parameter_count
@@ -23,7 +24,7 @@ from vggt_core.reconstruction import Reconstruction
 from vggt_core.scale import distance_between_photo_pixels
 from vggt_core.sky import load_sky_segmenter
 
-VIEW = [50, "depth", "All", True, False, False, app.DEFAULT_MAX_POINTS, False]
+VIEW = [50, "depth", "All", True, False, False, vggt_app.share_links.DEFAULT_MAX_POINTS, False]
 
 
 def with_sky(hide: bool) -> list:
@@ -174,8 +175,8 @@ def test_hide_sky_hides_the_masked_points_and_stores_the_mask_once(client, serve
 
 
 def test_without_the_model_the_checkbox_says_how_to_get_it(tmp_path):
-    from app_panels.sky import SkyMasks
-    from vggt_core.store import ReconstructionStore
+    from vggt_app.sky_masks import SkyMasks
+    from vggt_app.store.entries import ReconstructionStore
 
     masks = SkyMasks(ReconstructionStore(tmp_path, ttl_seconds=60, max_bytes=10**6), str(tmp_path / "none.onnx"))
     assert "--sky-model /path/to/skyseg.onnx" in masks.checkbox_info()
@@ -204,7 +205,7 @@ def test_memory_line_and_one_click_thinning(client, synthetic_photos, monkeypatc
 
 
 def test_memory_line_offers_thinning_to_the_frame_limit():
-    from app_panels.memory import memory_line, thinned_inputs
+    from vggt_app.panels.memory import memory_line, thinned_inputs
     from vggt_core.pipeline import MemoryEstimate
 
     fits = MemoryEstimate(8, 392, 518, "cpu", 10 * 2**30, 100 * 2**30, True, 8)
@@ -224,7 +225,7 @@ def test_memory_line_offers_thinning_to_the_frame_limit():
 def test_thinning_a_video_lowers_its_frame_rate(tmp_path):
     import av
 
-    from app_panels.memory import thinned_inputs
+    from vggt_app.panels.memory import thinned_inputs
 
     video = tmp_path / "clip.mp4"
     with av.open(str(video), "w") as container:

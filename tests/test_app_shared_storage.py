@@ -17,13 +17,15 @@ import pytest
 from gradio_client import Client, handle_file
 
 import app
+import vggt_app.share_links
+import vggt_core
 from app_fixtures import free_port, synthetic_photos  # noqa: F401 (fixture)
 from storage_servers import S3_CREDENTIALS, make_bucket, s3_endpoint  # noqa: F401 (fixture)
-from vggt_core.storage_backends import open_entry_storage
-from vggt_core.store import ReconstructionStore
+from vggt_app.store.backends import open_entry_storage
+from vggt_app.store.entries import ReconstructionStore
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_VIEW = [50, "depth", "All", True, False, False, app.DEFAULT_MAX_POINTS]
+DEFAULT_VIEW = [50, "depth", "All", True, False, False, vggt_app.share_links.DEFAULT_MAX_POINTS]
 
 
 def start_server(storage: str, workdir: Path, port: int, endpoint: str | None) -> subprocess.Popen:
@@ -32,7 +34,7 @@ def start_server(storage: str, workdir: Path, port: int, endpoint: str | None) -
     if endpoint:
         environ["AWS_ENDPOINT_URL"] = endpoint
     return subprocess.Popen(
-        [sys.executable, "app.py", "--checkpoint", app.RANDOM_TINY_CHECKPOINT, "--port", str(port),
+        [sys.executable, "app.py", "--checkpoint", vggt_core.RANDOM_TINY_CHECKPOINT, "--port", str(port),
          "--storage", storage, "--max-frames", "6"],
         cwd=REPO_ROOT, env=environ, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
@@ -88,8 +90,8 @@ def test_a_link_made_on_one_server_opens_on_another(shared_storage, tmp_path, sy
 _PRUNE = textwrap.dedent("""
     import json, sys
     sys.path.insert(0, sys.argv[3])
-    from vggt_core.storage_backends import open_entry_storage
-    from vggt_core.store import ReconstructionStore
+    from vggt_app.store.backends import open_entry_storage
+    from vggt_app.store.entries import ReconstructionStore
 
     options = {"endpoint_url": sys.argv[2]} if sys.argv[2] else None
     store = ReconstructionStore(storage=open_entry_storage(sys.argv[1], storage_options=options),

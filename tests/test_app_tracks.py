@@ -13,14 +13,19 @@ from gradio_client.exceptions import AppError
 from PIL import Image
 
 import app
+import vggt_app.renderer
+import vggt_app.runtime.models
+import vggt_app.service
+import vggt_app.share_links
+import vggt_core
 from app_fixtures import free_port, launch_test_app, synthetic_photos  # noqa: F401 (fixtures)
-from app_panels.tracks import MAX_TRACK_POINTS
+from vggt_app.panels.tracks import MAX_TRACK_POINTS
 from vggt_core.reconstruction import Reconstruction, reconstruction_from_synthetic_scene
-from vggt_core.store import ReconstructionStore
+from vggt_app.store.entries import ReconstructionStore
 from vggt_core.synthetic import render_scene
 from vggt_core.track_drawing import marker_radius, track_colors
 
-VIEW = [50, "depth", "All", True, False, False, app.DEFAULT_MAX_POINTS, False]
+VIEW = [50, "depth", "All", True, False, False, vggt_app.share_links.DEFAULT_MAX_POINTS, False]
 SCENE_OUTPUTS = 14  # see scene_outputs in app.build_app
 FRAMES = ["0: view_0.png", "1: view_1.png", "2: view_2.png"]
 
@@ -117,10 +122,10 @@ def test_a_refined_scene_opened_from_its_link_says_so(client, server):
 
 
 def test_refining_has_its_own_progress_stages_in_order(tmp_path, synthetic_photos):  # noqa: F811
-    settings = app.AppSettings(checkpoint=app.RANDOM_TINY_CHECKPOINT, storage_dir=tmp_path, refine_tracks=16)
+    settings = app.AppSettings(checkpoint=vggt_core.RANDOM_TINY_CHECKPOINT, storage_dir=tmp_path, refine_tracks=16)
     store = app.open_store(settings)
-    service = app.ReconstructionService(settings, store, app.ViewRenderer(tmp_path / "derived"),
-                                        app.ModelProvider(settings.checkpoint))
+    service = vggt_app.service.ReconstructionService(settings, store, vggt_app.renderer.ViewRenderer(tmp_path / "derived"),
+                                        vggt_app.runtime.models.ModelProvider(settings.checkpoint))
     stages = []
     recon_id = service.start_reconstruction([str(p) for p in synthetic_photos[:2]], 1.0,
                                             lambda fraction, desc: stages.append((fraction, desc)), refine=True).wait()

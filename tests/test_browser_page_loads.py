@@ -8,9 +8,10 @@ import time
 import pytest
 
 import app
+import vggt_app.service
 from app_fixtures import launch_test_app
 from test_browser import CHROMIUM, CHROMIUM_ARGS
-from vggt_core.store import ReconstructionStore
+from vggt_app.store.entries import ReconstructionStore
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium")
 
@@ -21,9 +22,9 @@ def test_four_page_loads_at_once_run_side_by_side(tmp_path, small_reconstruction
     from playwright.sync_api import sync_playwright
 
     spans: list[tuple[float, float]] = []
-    original = app.ReconstructionService.scene_outputs
+    original = vggt_app.service.ReconstructionService.scene_view
 
-    def slow_scene_outputs(self, *args, **kwargs):
+    def slow_scene_view(self, *args, **kwargs):
         started = time.monotonic()
         time.sleep(EXTRA_SECONDS)
         try:
@@ -31,7 +32,7 @@ def test_four_page_loads_at_once_run_side_by_side(tmp_path, small_reconstruction
         finally:
             spans.append((started, time.monotonic()))
 
-    monkeypatch.setattr(app.ReconstructionService, "scene_outputs", slow_scene_outputs)
+    monkeypatch.setattr(vggt_app.service.ReconstructionService, "scene_view", slow_scene_view)
     server = launch_test_app(tmp_path / "storage")
     try:
         recon_id = ReconstructionStore(server.settings.storage_dir, ttl_seconds=3600,

@@ -23,17 +23,23 @@ from gradio_client import Client, handle_file
 from PIL import Image
 
 import app
+import gradio
+import vggt_app.errors
+import vggt_app.renderer
+import vggt_app.service
+import vggt_app.share_links
+import vggt_core
 from app_fixtures import free_port, launch_test_app, synthetic_photos  # noqa: F401 (fixture)
-from vggt_core.store import ReconstructionStore
+from vggt_app.store.entries import ReconstructionStore
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_VIEW = [50, "depth", "All", True, False, False, app.DEFAULT_MAX_POINTS]
+DEFAULT_VIEW = [50, "depth", "All", True, False, False, vggt_app.share_links.DEFAULT_MAX_POINTS]
 
 
 def start_server(storage: Path, gradio_cache: Path, port: int, *extra: str) -> subprocess.Popen:
     environ = dict(os.environ, GRADIO_TEMP_DIR=str(gradio_cache), GRADIO_ANALYTICS_ENABLED="False")
     server = subprocess.Popen(
-        [sys.executable, "app.py", "--checkpoint", app.RANDOM_TINY_CHECKPOINT, "--port", str(port),
+        [sys.executable, "app.py", "--checkpoint", vggt_core.RANDOM_TINY_CHECKPOINT, "--port", str(port),
          "--storage-dir", str(storage), "--max-frames", "6", *extra],
         cwd=REPO_ROOT, env=environ, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
@@ -113,7 +119,7 @@ def test_uploads_over_the_caps_are_refused_naming_the_limit(tmp_path):
 
 def test_upload_size_check_names_the_file_and_the_limit(tmp_path):
     from vggt_core.errors import InputError
-    from vggt_core.upload_limits import UploadLimits, check_upload_sizes
+    from vggt_app.store.upload_limits import UploadLimits, check_upload_sizes
 
     small, large = tmp_path / "a.jpg", tmp_path / "b.jpg"
     small.write_bytes(b"x" * 400_000)
@@ -132,9 +138,9 @@ SCENE_BUILD_SPANS: list[tuple[float, float]] = []  # (start, end) of each slowed
 @pytest.fixture(scope="module")
 def slow_app(tmp_path_factory):
     """An in-process app whose scene building takes 1 s more, to see what waits for what."""
-    original = app.ReconstructionService.scene_outputs
+    original = vggt_app.service.ReconstructionService.scene_view
 
-    def slow_scene_outputs(self, *args, **kwargs):
+    def slow_scene_view(self, *args, **kwargs):
         started = time.monotonic()
         time.sleep(1.0)
         try:
@@ -142,13 +148,13 @@ def slow_app(tmp_path_factory):
         finally:
             SCENE_BUILD_SPANS.append((started, time.monotonic()))
 
-    app.ReconstructionService.scene_outputs = slow_scene_outputs
+    vggt_app.service.ReconstructionService.scene_view = slow_scene_view
     server = launch_test_app(tmp_path_factory.mktemp("slow-storage"))
     try:
         yield server
     finally:
         server.demo.close()
-        app.ReconstructionService.scene_outputs = original
+        vggt_app.service.ReconstructionService.scene_view = original
 
 
 def test_four_link_opens_at_once_do_not_queue_behind_each_other(slow_app, small_reconstruction):
@@ -189,14 +195,14 @@ def test_a_storage_error_reaches_the_user_as_a_message_and_keeps_the_entry(tmp_p
         raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
 
     monkeypatch.setattr(fresh.storage, "read_bytes", too_many_open_files)
-    service = app.ReconstructionService(app.AppSettings(storage_dir=tmp_path), fresh,
-                                        app.ViewRenderer(tmp_path.parent / f"{tmp_path.name}-views"), None)
+    service = vggt_app.service.ReconstructionService(app.AppSettings(storage_dir=tmp_path), fresh,
+                                        vggt_app.renderer.ViewRenderer(tmp_path.parent / f"{tmp_path.name}-views"), None)
 
-    @app.show_user_errors
+    @vggt_app.errors.show_user_errors
     def open_shared(link):
-        return service.scene_outputs(link, app.DEFAULT_VIEW_SETTINGS, "http://x/")
+        return service.scene_view(link, vggt_app.share_links.DEFAULT_VIEW_SETTINGS, "http://x/")
 
-    with pytest.raises(app.gr.Error, match="too many open files.*try again"):
+    with pytest.raises(gradio.Error, match="too many open files.*try again"):
         open_shared(recon_id)
     monkeypatch.setattr(fresh.storage, "read_bytes", original)
-    assert open_shared(recon_id)[4] == recon_id
+    assert open_shared(recon_id).id == recon_id

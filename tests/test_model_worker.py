@@ -12,7 +12,7 @@ import time
 import pytest
 import torch
 
-from vggt_core.model_worker import ModelWorker, thread_niceness
+from vggt_app.runtime.model_worker import ModelWorker, thread_niceness
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice values are Linux's")
 

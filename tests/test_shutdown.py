@@ -59,13 +59,14 @@ def wait_until_serving(url: str, process: subprocess.Popen, timeout_s: float = 1
 STARTER = """
 import os, sys, time
 import app
+import vggt_app.store.entries
 print('pycolmap imported by import app:', 'pycolmap' in sys.modules, flush=True)
-write = app.ReconstructionStore._write
+write = vggt_app.store.entries.ReconstructionStore._write
 def slow_write(self, stored):
     if os.path.exists(os.environ['SLOW_WRITES_FLAG']):
         time.sleep(3)
     write(self, stored)
-app.ReconstructionStore._write = slow_write
+vggt_app.store.entries.ReconstructionStore._write = slow_write
 app.main()
 """
 

@@ -12,7 +12,7 @@ from vggt_core import InputError, ViewSettings, select_points
 from vggt_core.reconstruction import Reconstruction
 from vggt_core.sky import (SKY_MODEL_FILE, SkyModelUnavailableError, load_sky_segmenter, sky_mask_from_bytes,
                            sky_mask_to_bytes, with_sky_mask)
-from vggt_core.store import ReconstructionStore
+from vggt_app.store.entries import ReconstructionStore
 
 HEIGHT, WIDTH = 42, 56
 SKY_ROWS = 18  # frame 0: blue above this row, red below; frame 1: all red, one blue block
@@ -90,7 +90,7 @@ def test_hide_sky_hides_exactly_the_masked_points(sky_model_path):
 
 
 def test_masks_are_stored_with_the_reconstruction_and_reused(sky_model_path, tmp_path):
-    from app_panels.sky import SKY_MASK_ATTACHMENT, SkyMasks
+    from vggt_app.sky_masks import SKY_MASK_ATTACHMENT, SkyMasks
 
     recon = with_sky_mask(reconstruction(), load_sky_segmenter(sky_model_path))
     assert with_sky_mask(recon, None) is recon  # already computed: the model is not even needed

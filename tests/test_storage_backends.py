@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from vggt_core.storage import LocalFolderStorage
-from vggt_core.storage_backends import (FsspecEntryStorage, StorageConfigurationError, open_entry_storage,
+from vggt_app.store.storage import LocalFolderStorage
+from vggt_app.store.backends import (FsspecEntryStorage, StorageConfigurationError, open_entry_storage,
                                         parse_storage_location)
 
 from storage_servers import s3_endpoint, storage_url  # noqa: F401  (fixtures)

@@ -7,9 +7,9 @@ import secrets
 
 import pytest
 
-from vggt_core.storage_backends import open_entry_storage
-from vggt_core.storage_cache import CachedEntryStorage
-from vggt_core.store import ReconstructionNotFoundError, ReconstructionStore
+from vggt_app.store.backends import open_entry_storage
+from vggt_app.store.local_cache import CachedEntryStorage
+from vggt_app.store.entries import ReconstructionNotFoundError, ReconstructionStore
 
 
 class CountingStorage:

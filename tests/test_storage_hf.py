@@ -12,7 +12,7 @@ import pytest
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")  # before huggingface_hub reads it at import
 pytest.importorskip("huggingface_hub")
 
-from vggt_core.storage_backends import (FsspecEntryStorage, StorageConfigurationError,  # noqa: E402
+from vggt_app.store.backends import (FsspecEntryStorage, StorageConfigurationError,  # noqa: E402
                                         open_entry_storage, parse_storage_location)
 
 from fake_hub import DEFAULT_TOKEN, HubError, fake_hub  # noqa: E402, F401  (fixture)
@@ -265,7 +265,7 @@ def test_opening_checks_the_dataset_and_token_once(fake_hub):
 
 def test_a_hub_hiccup_while_opening_does_not_stop_the_server(fake_hub, caplog):
     fake_hub.failure = HubError(400, "Bad request: try again later")
-    with caplog.at_level(logging.WARNING, logger="vggt_core.storage_backends"):
+    with caplog.at_level(logging.WARNING, logger="vggt_app.store.backends"):
         storage = open_store(fake_hub)
     assert "could not check the dataset me/store" in caplog.text
     fake_hub.failure = None

@@ -13,10 +13,10 @@ import time
 import numpy as np
 import pytest
 
-from vggt_core import store as store_module
+from vggt_app.store import entries as store_module
 from vggt_core.reconstruction import Reconstruction
-from vggt_core.storage import LocalFolderStorage
-from vggt_core.store import (ReconstructionNotFoundError, ReconstructionStore, StoreBusyError,
+from vggt_app.store.storage import LocalFolderStorage
+from vggt_app.store.entries import (ReconstructionNotFoundError, ReconstructionStore, StoreBusyError,
                              StoreUnavailableError, is_valid_reconstruction_id)
 
 

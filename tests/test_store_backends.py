@@ -12,9 +12,9 @@ import threading
 import numpy as np
 import pytest
 
-from vggt_core import store as store_module
-from vggt_core.storage_backends import open_entry_storage
-from vggt_core.store import ReconstructionNotFoundError, ReconstructionStore
+from vggt_app.store import entries as store_module
+from vggt_app.store.backends import open_entry_storage
+from vggt_app.store.entries import ReconstructionNotFoundError, ReconstructionStore
 
 from storage_servers import s3_endpoint, storage_url  # noqa: F401  (fixtures)
 
@@ -125,8 +125,8 @@ _KILLED_WRITER = textwrap.dedent("""
     import os, sys
     sys.path.insert(0, sys.argv[3])
     from vggt_core.reconstruction import reconstruction_from_synthetic_scene
-    from vggt_core.storage_backends import open_entry_storage
-    from vggt_core.store import ReconstructionStore
+    from vggt_app.store.backends import open_entry_storage
+    from vggt_app.store.entries import ReconstructionStore
     from vggt_core.synthetic import render_scene
 
     storage = open_entry_storage(sys.argv[1], storage_options={"endpoint_url": sys.argv[2]} if sys.argv[2] else None)

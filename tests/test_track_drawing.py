@@ -88,7 +88,7 @@ def test_no_tracks_or_bad_indices_are_clear_errors(tracked_scene, small_reconstr
 
 
 def test_summary_lines_of_bundle_adjustment(tracked_scene):
-    from app_panels.tracks import bundle_adjustment_lines
+    from vggt_app.summary import bundle_adjustment_lines
 
     recon = tracked_scene
     assert bundle_adjustment_lines(recon, {}) == []

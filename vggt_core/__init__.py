@@ -21,7 +21,7 @@ from .reconstruction import Reconstruction, reconstruct
 from .scale import scale_from_known_distance
 from .tracks import TrackQueries, choose_query_points, track_reconstruction
 from .video import extract_frames
-from .weights import DEFAULT_CHECKPOINT, load_model, resolve_device
+from .weights import DEFAULT_CHECKPOINT, RANDOM_TINY_CHECKPOINT, load_model, resolve_device
 
 __all__ = [
     "DEFAULT_CHECKPOINT", "FrameLimitError", "FrameTransform", "InputError", "Reconstruction", "VGGT",

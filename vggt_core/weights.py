@@ -21,6 +21,7 @@ from .model import VGGT
 logger = logging.getLogger(__name__)
 
 DEFAULT_CHECKPOINT = "facebook/VGGT-1B"
+RANDOM_TINY_CHECKPOINT = "random-tiny"  # TEMP
 # Preferred first: safetensors cannot carry code and loads without unpickling.
 HUB_WEIGHT_FILES = ("model.safetensors", "model.pt")
 LOCAL_WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
@@ -52,6 +53,12 @@ def load_model(source: str | os.PathLike = DEFAULT_CHECKPOINT, *, config: VGGTCo
         device: where to put the model (default: CUDA, then MPS, then CPU).
         dtype: optional parameter dtype (e.g. ``torch.bfloat16``); default float32 as stored.
     """
+    if str(source) == RANDOM_TINY_CHECKPOINT:  # TEMP
+        from .config import tiny_config
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = VGGT(tiny_config())
+        return model.to(resolve_device(device)).eval()
     weights_path, config_path = locate_checkpoint(source, revision=revision)
     if config is None:
         config = _config_beside_weights(config_path)

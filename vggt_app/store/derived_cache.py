@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .atomic_files import atomic_path
+from vggt_core.atomic_files import atomic_path
 
 __all__ = ["CacheFullError", "DerivedFileCache", "remove_stale_process_folders"]
 

@@ -6,7 +6,7 @@ own colour (:func:`vggt_core.track_drawing.draw_tracks`). The tracking re-runs t
 stored frames, through the app's model provider and GPU slot (``run_tracking``, given by app.py).
 
 The tracks are stored with the scene as a **new entry** (like a rescaled scene, see
-:mod:`app_panels.derived`): stored entries never change, so a share link shows what its sender
+:mod:`vggt_app.panels.derived`): stored entries never change, so a share link shows what its sender
 saw, and one visitor of a shared link cannot change what other visitors of it see. The new
 entry's link opens with the tracks drawn.
 """
@@ -24,16 +24,16 @@ from PIL import Image, ImageDraw
 
 from vggt_core import InputError
 from vggt_core.reconstruction import Reconstruction
-from vggt_core.store import ReconstructionStore
 from vggt_core.track_drawing import draw_tracks, marker_radius, track_colors
 
+from ..store.entries import ReconstructionStore
+from ..view_controls import ViewControls, frame_index_of_label as frame_index, frame_labels
 from .derived import save_derived
-from .measure import ShowScene, frame_index
+from .viewer import ShowScene
 
 REFINE_LABEL = "Refine cameras with bundle adjustment"
 REFINE_INFO = ("Tracks points across the frames, then refines cameras and focal lengths with pycolmap's "
                "bundle adjustment (the paper's most accurate cameras). Takes longer.")
-REFINED_LINE = "Cameras refined by bundle adjustment"
 
 # Clicked or automatic points per tracking run: enough to see the tracker's behaviour, few
 # enough that every track stays distinguishable in the pictures.
@@ -46,34 +46,6 @@ MAX_DRAWN_TRACKS = 64
 RunTracking = Callable[[Reconstruction, Any, Callable[[float, str], None]], Reconstruction]
 
 LEGEND = "Filled disc: visible · hollow circle: not visible · white ring: where the point was picked."
-
-
-# ---- the summary lines of the refine option
-
-
-def bundle_adjustment_lines(recon: Reconstruction, metadata: Mapping[str, Any]) -> list[str]:
-    """What the summary says about bundle adjustment: nothing when it was not asked for; the
-    report's numbers when it ran; its message when it failed (the scene is then unrefined)."""
-    report = recon.info.get("bundle_adjustment") or metadata.get("bundle_adjustment")
-    if not recon.info.get("cameras_refined") and not report:
-        return []
-    if not isinstance(report, Mapping):
-        return [f"✅ **{REFINED_LINE}**"]
-    if not report.get("refined", bool(recon.info.get("cameras_refined"))):
-        return [f"⚠️ Bundle adjustment was not applied: {report.get('message', 'it failed')}; "
-                "the cameras are VGGT's own."]
-    line = (f"✅ **{REFINED_LINE}**: {int(report.get('tracks_used', 0)):,} tracks used, "
-            f"{int(report.get('tracks_rejected', 0)):,} rejected")
-    before, after = report.get("mean_error_before_px"), report.get("mean_error_after_px")
-    if before is not None and after is not None:
-        line += f" · mean reprojection error {float(before):.2f} px → {float(after):.2f} px"
-    if report.get("seconds") is not None:
-        line += f" · {float(report['seconds']):.1f} s"
-    return [line]
-
-
-def is_refined(recon: Reconstruction) -> bool:
-    return bool(recon.info.get("cameras_refined"))
 
 
 # ---- points and pictures
@@ -128,10 +100,6 @@ def tracks_note(recon: Reconstruction) -> str:
     shown = len(drawn_track_indices(num_tracks))
     what = f"{num_tracks:,} tracks" + (f", {shown} of them drawn" if shown < num_tracks else "")
     return f"This scene holds {what} across {recon.num_frames} frames. {LEGEND}"
-
-
-def frame_labels(recon: Reconstruction) -> list[str]:
-    return [f"{index}: {name}" for index, name in enumerate(recon.frame_names)]
 
 
 class TracksPanel:
@@ -196,8 +164,8 @@ class TracksPanel:
         return (marked_track_frame(recon, frame_index(choice, recon.num_frames), []), "[]",
                 "No points picked: click on the frame.")
 
-    def track(self, recon_id: str, queries_of: Callable[[Reconstruction], Any], controls: Sequence[Any],
-              request: Any, progress: Callable[..., Any]) -> tuple:
+    def track(self, recon_id: str, queries_of: Callable[[Reconstruction], Any], view: Mapping[str, Any],
+              request: Any, progress: Callable[..., Any]) -> dict:
         """Track the queries ``queries_of(recon)`` gives, store the result as a new entry, show it."""
         stored = self.store.load(recon_id)
         recon = stored.reconstruction
@@ -215,7 +183,8 @@ class TracksPanel:
         note = (f"**Tracked {num_points} point{'s' if num_points != 1 else ''}** from frame"
                 f"{'s' if len(frames) > 1 else ''} {', '.join(map(str, frames))} across {tracked.num_frames} "
                 f"frames in {seconds:.1f} s; saved with the scene (new share link). {LEGEND}")
-        return (*self.show(new_id, controls, request), gallery, note, "[]", new_id)
+        return {**self.show(new_id, view, request), self.gallery: gallery, self.note: note, self.points: "[]",
+                self.drawn_for: new_id}
 
     def clicked_queries(self, points_text: str) -> Callable[[Reconstruction], Any]:
         from vggt_core.tracks import TrackQueries
@@ -253,7 +222,7 @@ class TracksPanel:
 
     # ---- layout and wiring
 
-    def build_and_wire(self, recon_id_box: gr.Textbox, view_controls: Sequence[gr.components.Component],
+    def build_and_wire(self, recon_id_box: gr.Textbox, view_controls: ViewControls,
                        scene_outputs: Sequence[gr.components.Component]) -> None:
         """Place the panel (call where it should appear) and connect its events."""
         with gr.Accordion("Tracks: follow points across the frames", open=False, elem_id="tracks-panel"):
@@ -287,29 +256,25 @@ class TracksPanel:
         x_box, y_box, hidden_button = gr.Number(visible=False), gr.Number(visible=False), gr.Button(visible=False)
         hidden_button.click(errors(self.point), [recon_id_box, frame, x_box, y_box, points], [image, points, note],
                             api_name="tracks_point")
+        self.gallery, self.note, self.points, self.drawn_for = gallery, note, points, drawn_for
         outputs = [*scene_outputs, gallery, note, points, drawn_for]
 
-        # Spelled out (not *controls): Gradio passes the request and progress only to named parameters.
-        def track_points(recon_id, points_text, confidence, branch, frame_value, show_cameras, filter_black,
-                         filter_white, max_points, hide_sky=False, request: gr.Request = None,
-                         progress=gr.Progress()):
-            controls = [confidence, branch, frame_value, show_cameras, filter_black, filter_white, max_points, hide_sky]
+        def track_points(recon_id, points_text, request: gr.Request = None, progress=gr.Progress(), **view):
             self._load(recon_id)  # "no scene yet" comes before any other complaint
-            return self.track(recon_id, self.clicked_queries(points_text), controls, request, progress)
+            return self.track(recon_id, self.clicked_queries(points_text), view, request, progress)
 
-        def track_automatic_points(recon_id, frame_choice, number, confidence, branch, frame_value, show_cameras,
-                                   filter_black, filter_white, max_points, hide_sky=False, request: gr.Request = None,
-                                   progress=gr.Progress()):
-            controls = [confidence, branch, frame_value, show_cameras, filter_black, filter_white, max_points, hide_sky]
+        def track_automatic_points(recon_id, frame_choice, number, request: gr.Request = None,
+                                   progress=gr.Progress(), **view):
             self._load(recon_id)
-            return self.track(recon_id, self.automatic_queries(frame_choice, number), controls, request, progress)
+            return self.track(recon_id, self.automatic_queries(frame_choice, number), view, request, progress)
 
         # In the reconstruction's concurrency group: tracking runs the model too.
-        track_clicked.click(errors(track_points), [recon_id_box, points, *view_controls], outputs,
-                            api_name="track_points", concurrency_limit=2, concurrency_id="reconstruct")
-        track_automatic.click(errors(track_automatic_points), [recon_id_box, frame, count, *view_controls], outputs,
-                              api_name="track_automatic", concurrency_limit=2, concurrency_id="reconstruct")
+        track_clicked.click(errors(track_points), [recon_id_box, points], outputs, inputs_kwargs=view_controls.inputs,
+                            api_name="track_points", concurrency_limit=2, concurrency_id="reconstruct",
+                            show_progress_on=[scene_outputs[0]])
+        track_automatic.click(errors(track_automatic_points), [recon_id_box, frame, count], outputs,
+                              inputs_kwargs=view_controls.inputs, api_name="track_automatic", concurrency_limit=2,
+                              concurrency_id="reconstruct", show_progress_on=[scene_outputs[0]])
 
 
-__all__ = ["REFINE_INFO", "REFINE_LABEL", "REFINED_LINE", "TracksPanel", "bundle_adjustment_lines", "is_refined",
-           "tracks_gallery"]
+__all__ = ["REFINE_INFO", "REFINE_LABEL", "TracksPanel", "tracks_gallery"]

@@ -13,17 +13,17 @@ from pathlib import Path
 
 import torch
 
-from vggt_core import DEFAULT_CHECKPOINT
+from vggt_core import DEFAULT_CHECKPOINT, RANDOM_TINY_CHECKPOINT
 from vggt_core.sky import DEFAULT_SKY_MODEL
-from vggt_core.storage_backends import StorageConfigurationError, parse_storage_location
 from vggt_core.tracks import DEFAULT_MAX_QUERY_POINTS
-from vggt_core.upload_limits import UploadLimits
+
+from .store.backends import StorageConfigurationError, parse_storage_location
+from .store.upload_limits import UploadLimits
 
 APP_DIR = Path(__file__).resolve().parent.parent
 
 # A development checkpoint: the tiny architecture with seeded random weights, so the whole app
 # can run without downloading 5 GB. Its results are meaningless and the page says so.
-RANDOM_TINY_CHECKPOINT = "random-tiny"
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 VGGT does not take intrinsics as input, so this never re-runs the network: it re-projects the
 predicted depth with the chosen focal length (:mod:`vggt_core.intrinsics`) and stores the result
-as a new entry (see :mod:`app_panels.derived`), with its own share link.
+as a new entry (see :mod:`vggt_app.panels.derived`), with its own share link.
 """
 
 from __future__ import annotations
@@ -14,10 +14,12 @@ import gradio as gr
 
 from vggt_core import InputError
 from vggt_core.intrinsics import apply_camera_choice
-from vggt_core.store import ReconstructionStore
+
+from ..store.entries import ReconstructionStore
+from ..view_controls import ViewControls
 
 from .derived import save_derived
-from .measure import ShowScene
+from .viewer import ShowScene
 
 CAMERA_CHOICES = [("Predicted by VGGT", "predicted"), ("From the photos' EXIF", "exif"),
                   ("This focal length", "manual")]
@@ -33,19 +35,19 @@ class CameraPanel:
         self.show = show
         self.user_errors = user_errors
 
-    def apply(self, recon_id: str, choice: str, focal: Any, unit: str, *controls_and_request) -> tuple:
-        *controls, request = controls_and_request
+    def apply(self, recon_id: str, choice: str, focal: Any, unit: str, request: gr.Request = None,
+              **view: Any) -> dict:
         if not recon_id:
             raise InputError("Reconstruct something first; then choose its camera.")
         stored = self.store.load(recon_id)
         current = stored.reconstruction.info.get("intrinsics_source", "predicted")
         if choice == "predicted" and current == "predicted":
-            return self.show(recon_id, controls, request)  # nothing to change
+            return self.show(recon_id, view, request)  # nothing to change
         changed = apply_camera_choice(stored.reconstruction, choice, focal, unit)
         label = {"predicted": "predicted intrinsics", "exif": "EXIF focal length"}.get(choice, f"focal {focal} {unit}")
-        return self.show(save_derived(self.store, stored, changed, label), controls, request)
+        return self.show(save_derived(self.store, stored, changed, label), view, request)
 
-    def build_and_wire(self, recon_id_box: gr.Textbox, view_controls: Sequence[gr.components.Component],
+    def build_and_wire(self, recon_id_box: gr.Textbox, view_controls: ViewControls,
                        scene_outputs: Sequence[gr.components.Component]) -> None:
         with gr.Accordion("Camera: known focal length", open=False, elem_id="camera-panel"):
             gr.Markdown(HONEST_NOTE)
@@ -55,14 +57,8 @@ class CameraPanel:
                 unit = gr.Radio(FOCAL_UNIT_CHOICES, value="px", label="Unit", elem_id="camera-unit")
             apply = gr.Button("Apply camera", elem_id="camera-apply")
 
-        # Spelled out (not *controls): Gradio passes the request only to a named parameter.
-        def apply_camera(recon_id, choice_value, focal_value, unit_value, confidence, branch, frame, show_cameras,
-                         filter_black, filter_white, max_points, hide_sky=False, request: gr.Request = None):
-            controls = [confidence, branch, frame, show_cameras, filter_black, filter_white, max_points, hide_sky]
-            return self.apply(recon_id, choice_value, focal_value, unit_value, *controls, request)
-
-        apply.click(self.user_errors(apply_camera), [recon_id_box, choice, focal, unit, *view_controls],
-                    list(scene_outputs), api_name="apply_camera", concurrency_limit=2)
+        apply.click(self.user_errors(self.apply), [recon_id_box, choice, focal, unit], list(scene_outputs),
+                    inputs_kwargs=view_controls.inputs, api_name="apply_camera", concurrency_limit=2)
 
 
 __all__ = ["CAMERA_CHOICES", "CameraPanel", "HONEST_NOTE"]

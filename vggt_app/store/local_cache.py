@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from .atomic_files import atomic_write_bytes
+from vggt_core.atomic_files import atomic_write_bytes
 from .storage import EntryFile, EntryStorage
 
 logger = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ __all__ = ["CachedEntryStorage"]
 
 
 class CachedEntryStorage:
-    """An :class:`~vggt_core.storage.EntryStorage` that keeps recently read files of ``remote``
+    """An :class:`~vggt_app.store.storage.EntryStorage` that keeps recently read files of ``remote``
     in ``folder`` (at most ``max_bytes``). Files named in ``uncached`` (the manifest) are always
     read from ``remote``; every write and delete goes to ``remote`` first.
     """

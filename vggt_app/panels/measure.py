@@ -2,7 +2,7 @@
 length and the whole scene (viewer, summary, downloads, share link) is rescaled to real units.
 
 The measuring itself is :mod:`vggt_core.scale`; this module only turns clicks into photo pixels
-and stores the rescaled reconstruction as a new entry (see :mod:`app_panels.derived`).
+and stores the rescaled reconstruction as a new entry (see :mod:`vggt_app.panels.derived`).
 """
 
 from __future__ import annotations
@@ -15,39 +15,16 @@ import gradio as gr
 from PIL import Image, ImageDraw
 
 from vggt_core import InputError
-from vggt_core.intrinsics import focal_length_summary
 from vggt_core.reconstruction import Reconstruction
 from vggt_core.scale import LENGTH_UNITS, distance_between_photo_pixels, scale_from_known_distance
-from vggt_core.store import ReconstructionStore
 
+from ..store.entries import ReconstructionStore
+from ..view_controls import ViewControls, frame_index_of_label as frame_index, frame_labels
 from .derived import save_derived
+from .viewer import ShowScene
 
 MARKER_COLORS = {"A": (255, 40, 40), "B": (30, 110, 255)}
 DEFAULT_UNIT = "m"
-
-# Shows a stored reconstruction with the page's view controls: (id, view control values, request).
-ShowScene = Callable[[str, Sequence[Any], Any], tuple]
-
-
-def units_line(recon: Reconstruction) -> str:
-    if recon.units is None:
-        return "Units: VGGT's own (arbitrary) scale — set a real one under **Measure**."
-    return f"Units: **{recon.units}** (real-world scale set from a measured distance)"
-
-
-def scene_lines(recon: Reconstruction) -> list[str]:
-    """Summary lines about the scene's scale and camera intrinsics."""
-    return [units_line(recon), focal_length_summary(recon)]
-
-
-def frame_index(choice: Any, num_frames: int) -> int:
-    try:
-        index = int(str(choice).split(":")[0])
-    except ValueError as error:
-        raise InputError(f"Unknown frame {choice!r}.") from error
-    if not 0 <= index < num_frames:
-        raise InputError(f"Frame {index} does not exist.")
-    return index
 
 
 def parse_points(text: str | None) -> list[list[float]]:
@@ -103,7 +80,7 @@ class MeasurePanel:
         if not recon_id:
             return gr.skip(), gr.skip(), gr.skip(), gr.skip()
         recon = self.store.load(recon_id).reconstruction
-        choices = [f"{i}: {name}" for i, name in enumerate(recon.frame_names)]
+        choices = frame_labels(recon)
         return (gr.Dropdown(choices=choices, value=choices[0]), marked_frame(recon, 0, []), "[]",
                 describe(recon, [], "depth"))
 
@@ -132,8 +109,8 @@ class MeasurePanel:
         x, y = event.index[:2]
         return self.point(recon_id, choice, x, y, points_text, branch)
 
-    def apply(self, recon_id: str, points_text: str, length: float, unit: str, *controls_and_request) -> tuple:
-        *controls, request = controls_and_request
+    def apply(self, recon_id: str, points_text: str, length: float, unit: str, request: gr.Request = None,
+              **view: Any) -> dict:
         if not recon_id:
             raise InputError("Reconstruct something first.")
         points = parse_points(points_text)
@@ -142,16 +119,16 @@ class MeasurePanel:
         if unit not in LENGTH_UNITS:
             raise InputError(f"Unknown unit {unit!r}; choose one of {', '.join(LENGTH_UNITS)}.")
         stored = self.store.load(recon_id)
-        branch = str(controls[1])
+        branch = str(view.get("branch", "depth"))
         factor = scale_from_known_distance(stored.reconstruction, points[0], points[1], length, branch=branch)
         scaled = stored.reconstruction.scaled(factor, units=unit)
         new_id = save_derived(self.store, stored, scaled, f"scaled ×{factor:.6g} to {unit}")
         gr.Info(f"Scene rescaled: {float(length):g} {unit} between A and B (×{factor:.4g}).")
-        return self.show(new_id, controls, request)
+        return self.show(new_id, view, request)
 
     # ---- layout and wiring
 
-    def build_and_wire(self, recon_id_box: gr.Textbox, view_controls: Sequence[gr.components.Component],
+    def build_and_wire(self, recon_id_box: gr.Textbox, view_controls: ViewControls,
                        scene_outputs: Sequence[gr.components.Component]) -> None:
         """Place the panel (call where it should appear) and connect its events."""
         with gr.Accordion("Measure: set a real-world scale", open=False, elem_id="measure-panel"):
@@ -168,7 +145,7 @@ class MeasurePanel:
                 length = gr.Number(label="True length of A–B", minimum=0, elem_id="measure-length")
                 unit = gr.Dropdown(list(LENGTH_UNITS), value=DEFAULT_UNIT, label="Unit", elem_id="measure-unit")
             apply = gr.Button("Rescale the scene", elem_id="measure-apply")
-        branch = view_controls[1]
+        branch = view_controls.branch
         recon_id_box.change(self.user_errors(self.reset), [recon_id_box], [frame, image, points, result],
                             api_visibility="private")
         frame.input(self.user_errors(self.frame), [recon_id_box, frame, points], [image], api_name="measure_frame")
@@ -181,16 +158,8 @@ class MeasurePanel:
         hidden_button.click(self.user_errors(self.point), [recon_id_box, frame, x_box, y_box, points, branch],
                             [image, points, result], api_name="measure_point")
 
-        # Spelled out (not *controls): Gradio passes the request only to a named parameter.
-        def apply_scale(recon_id, points_text, length_value, unit_value, confidence, branch_value, frame_value,
-                        show_cameras, filter_black, filter_white, max_points, hide_sky=False,
-                        request: gr.Request = None):
-            controls = [confidence, branch_value, frame_value, show_cameras, filter_black, filter_white, max_points,
-                        hide_sky]
-            return self.apply(recon_id, points_text, length_value, unit_value, *controls, request)
-
-        apply.click(self.user_errors(apply_scale), [recon_id_box, points, length, unit, *view_controls],
-                    list(scene_outputs), api_name="apply_scale", concurrency_limit=2)
+        apply.click(self.user_errors(self.apply), [recon_id_box, points, length, unit], list(scene_outputs),
+                    inputs_kwargs=view_controls.inputs, api_name="apply_scale", concurrency_limit=2)
 
 
-__all__ = ["MeasurePanel", "scene_lines", "units_line", "marked_frame"]
+__all__ = ["MeasurePanel", "marked_frame"]

@@ -16,12 +16,13 @@ import gradio as gr
 from vggt_core.sky import (DEFAULT_SKY_MODEL, SKY_MODEL_FILE, SkyModelUnavailableError, SkySegmenter,
                            load_sky_segmenter, sky_mask_from_bytes, sky_mask_to_bytes)
 from vggt_core.filtering import ViewSettings
-from vggt_core.store import ReconstructionStore, StoredReconstruction
+
+from .store.entries import ReconstructionStore, StoredReconstruction
+from .view_controls import HIDE_SKY_LABEL
 
 logger = logging.getLogger("vggt_app")
 
 SKY_MASK_ATTACHMENT = "sky_mask.npz"
-HIDE_SKY_LABEL = "Hide sky"
 HIDE_SKY_INFO = "Drops what a sky-segmentation model sees as sky."
 
 

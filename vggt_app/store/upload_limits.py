@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import InputError
+from vggt_core.errors import InputError
 
 __all__ = ["UploadLimits", "check_upload_sizes"]
 

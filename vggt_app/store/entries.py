@@ -1,6 +1,6 @@
 """Reconstructions stored under unguessable ids, for share links.
 
-Each entry is a few files under its id (see :mod:`vggt_core.storage` for where they live):
+Each entry is a few files under its id (see :mod:`vggt_app.store.storage` for where they live):
 ``reconstruction.npz``, any ``attachments/<name>``, and ``metadata.json``, written LAST: it
 is the entry's manifest, and an entry without one is invisible (a save that has not finished,
 or was interrupted by a crash). Entries expire a fixed time after they were made, and the
@@ -28,9 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .atomic_files import atomic_path
-from .errors import InputError
-from .reconstruction import Reconstruction
+from vggt_core.atomic_files import atomic_path
+from vggt_core.errors import InputError
+from vggt_core.reconstruction import Reconstruction
 from .storage import EntryStorage, LocalFolderStorage
 
 logger = logging.getLogger(__name__)

@@ -8,7 +8,8 @@ original. The copy keeps the original's sky mask when it has one.
 from __future__ import annotations
 
 from vggt_core.reconstruction import Reconstruction
-from vggt_core.store import ReconstructionStore, StoredReconstruction
+
+from ..store.entries import ReconstructionStore, StoredReconstruction
 
 
 def save_derived(store: ReconstructionStore, stored: StoredReconstruction, recon: Reconstruction,

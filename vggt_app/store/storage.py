@@ -1,6 +1,6 @@
-"""Where the store's bytes live: the few file operations :mod:`vggt_core.store` needs.
+"""Where the store's bytes live: the few file operations :mod:`vggt_app.store.entries` needs.
 
-:class:`ReconstructionStore <vggt_core.store.ReconstructionStore>` never touches files
+:class:`ReconstructionStore <vggt_app.store.entries.ReconstructionStore>` never touches files
 itself; it goes through an :class:`EntryStorage`. Each entry is a flat set of named files
 under an id (``reconstruction.npz``, ``metadata.json``, ``attachments/<name>``).
 :class:`LocalFolderStorage` keeps them in ``<root>/<id>/``; another backend (object storage,
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from .atomic_files import atomic_write_bytes, atomic_writer, is_temporary_name
+from vggt_core.atomic_files import atomic_write_bytes, atomic_writer, is_temporary_name
 
 __all__ = ["EntryFile", "EntryStorage", "LocalFolderStorage"]
 

@@ -1,10 +1,10 @@
 """Where stored reconstructions live: a plain folder or any fsspec URL (S3, GCS, a Hub dataset).
 
-The store (``vggt_core.store``) sees one small interface, :class:`vggt_core.storage.EntryStorage`:
+The store (``vggt_app.store.entries``) sees one small interface, :class:`vggt_app.store.storage.EntryStorage`:
 the named files of one entry, written whole, read, listed and deleted. :func:`open_entry_storage`
 picks the implementation from the ``--storage`` value:
 
-- a **folder**: :class:`vggt_core.storage.LocalFolderStorage` (temporary file, fsync, rename);
+- a **folder**: :class:`vggt_app.store.storage.LocalFolderStorage` (temporary file, fsync, rename);
 - **object stores** (``s3://`` through s3fs, ``gs://`` through gcsfs, ``memory://`` for tests)
   have no rename, but a single PUT is atomic: an object is either absent or complete;
 - a **Hugging Face dataset** (``hf://datasets/<user>/<repo>/<prefix>``, through huggingface_hub's
@@ -140,7 +140,7 @@ def _as_os_errors(method):
 
 
 class FsspecEntryStorage:
-    """The store's entries (see :class:`vggt_core.storage.EntryStorage`) on an fsspec filesystem:
+    """The store's entries (see :class:`vggt_app.store.storage.EntryStorage`) on an fsspec filesystem:
     object ``<root>/<entry id>/<name>`` for each file.
 
     Every write is one whole object (a PUT, or one Hub commit), so readers see an object either
@@ -150,7 +150,7 @@ class FsspecEntryStorage:
 
     def __init__(self, location: StorageLocation, filesystem: Any = None):
         if location.is_local:
-            raise ValueError("use vggt_core.storage.LocalFolderStorage for folders")
+            raise ValueError("use vggt_app.store.storage.LocalFolderStorage for folders")
         self.location = location
         self.fs = filesystem if filesystem is not None else _import_filesystem_class(location)()
 
@@ -310,9 +310,9 @@ class FsspecEntryStorage:
 
 def open_entry_storage(text: str | os.PathLike, *, storage_options: Mapping[str, Any] | None = None,
                        cache_folder: str | os.PathLike | None = None, cache_max_bytes: int = 0):
-    """The store's storage for a folder or URL: a :class:`~vggt_core.storage.LocalFolderStorage`,
+    """The store's storage for a folder or URL: a :class:`~vggt_app.store.storage.LocalFolderStorage`,
     or a :class:`FsspecEntryStorage`, behind a
-    :class:`~vggt_core.storage_cache.CachedEntryStorage` of ``cache_max_bytes`` in
+    :class:`~vggt_app.store.local_cache.CachedEntryStorage` of ``cache_max_bytes`` in
     ``cache_folder`` when both are given (a folder needs no cache). Credentials come from each backend's usual
     environment (AWS_* variables and ~/.aws for s3fs, Google's application-default credentials for
     gcsfs, HF_TOKEN for the Hub); ``storage_options`` are passed to the fsspec filesystem."""
@@ -333,7 +333,7 @@ def open_entry_storage(text: str | os.PathLike, *, storage_options: Mapping[str,
     if location.protocol == "hf":
         _check_dataset_is_visible(storage)
     if cache_folder is not None and cache_max_bytes > 0:
-        from .storage_cache import CachedEntryStorage
+        from .local_cache import CachedEntryStorage
 
         return CachedEntryStorage(storage, cache_folder, max_bytes=cache_max_bytes)
     return storage

@@ -1,0 +1,116 @@
+"""The input column: photos or a video, the frames that will be reconstructed, the memory line,
+the refine option, the Reconstruct button, the examples, and opening a shared link."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from ..runtime.models import spaces_package
+from ..service import ReconstructionService
+from ..settings import APP_DIR
+from ..share_links import reconstruction_id_from_text, share_link_query
+from ..uploads import uploaded_file_paths
+from ..view_controls import ViewControls
+from .memory import MemoryPanel
+from .tracks import REFINE_INFO, REFINE_LABEL
+from .viewer import ViewerPanel
+
+EXAMPLES_DIR = APP_DIR / "assets" / "examples"
+
+
+def example_sets(examples_dir: Path = EXAMPLES_DIR) -> tuple[list[list[list[str]]], list[str]]:
+    """``gr.Examples`` rows (one multi-file value each) and labels, one per example folder."""
+    rows, labels = [], []
+    if not examples_dir.is_dir():
+        return rows, labels
+    for folder in sorted(p for p in examples_dir.iterdir() if p.is_dir()):
+        images = sorted(str(p) for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+        if images:
+            rows.append([images])
+            labels.append(f"{folder.name.replace('_', ' ').capitalize()} ({len(images)} views)")
+    return rows, labels
+
+
+class InputsPanel:
+    def __init__(self, service: ReconstructionService, viewer: ViewerPanel,
+                 user_errors: Callable[[Callable], Callable]):
+        self.service = service
+        self.viewer = viewer
+        self.user_errors = user_errors
+
+    # ---- layout
+
+    def build(self) -> None:
+        """The input column's components (call inside that column)."""
+        settings = self.service.settings
+        self.files = gr.File(label="Photos or one video", file_count="multiple",
+                             file_types=["image", ".heic", ".heif", "video"], height=200, elem_id="input-files")
+        self.fps = gr.Slider(0.25, 10, value=settings.video_fps, step=0.25, label="Video frames per second",
+                             info=f"Videos are sampled at this rate, at most {settings.max_frames} frames.")
+        self.status = gr.Markdown(elem_id="input-status")
+        MemoryPanel(settings.max_frames, untrained=settings.is_untrained, device=settings.device,
+                    on_zero_gpu=spaces_package() is not None, file_paths=uploaded_file_paths,
+                    user_errors=self.user_errors).build_and_wire(self.files, self.fps)
+        self.gallery = gr.Gallery(label="Frames to reconstruct", columns=4, height=240, object_fit="cover",
+                                  allow_preview=True, elem_id="input-gallery")
+        self.refine = gr.Checkbox(value=False, label=REFINE_LABEL, info=REFINE_INFO, elem_id="refine-checkbox")
+        self.reconstruct_button = gr.Button("Reconstruct", variant="primary", size="lg", elem_id="reconstruct-button")
+        rows, labels = example_sets()
+        if rows:
+            gr.Examples(examples=rows, inputs=[self.files], example_labels=labels, label="Examples (synthetic scenes)")
+        with gr.Accordion("Open a shared reconstruction", open=False):
+            self.shared_link = gr.Textbox(label="Share link or id", placeholder="https://…?r=…",
+                                          elem_id="open-shared-input")
+            self.open_button = gr.Button("Open")
+
+    # ---- handlers
+
+    def preview(self, files: Any, fps: float) -> tuple[list[tuple[str, str]], str]:
+        return self.service.preview(files, fps)
+
+    def reconstruct(self, files: Any, fps: float, refine: bool = False, request: gr.Request = None,
+                    progress=gr.Progress(), **view: Any) -> dict:
+        # Checked before the model runs, so bad controls cost no GPU time.
+        settings = ViewControls.settings(view, num_frames=1, all_frames=True)
+        pending = self.service.start_reconstruction(files, fps, progress, refine=bool(refine))
+        progress(0.92, desc="Building the 3-D scene")  # while the writers save it
+        scene = self.service.scene_view(pending.id, settings, self.viewer.page_url(request))
+        progress(0.98, desc="Saving the reconstruction")
+        pending.wait()  # the share link is shown only once it survives a crash
+        self.service.save_first_view(pending.id, settings)
+        return self.viewer.scene_updates(scene)
+
+    def open_shared(self, link_or_id: str, request: gr.Request = None, **view: Any) -> dict:
+        # The current controls, unless the pasted link carries a view of its own.
+        settings = ViewControls.settings(view, num_frames=1, all_frames=True)
+        return self.viewer.scene_updates(self.service.scene_view(
+            reconstruction_id_from_text(link_or_id), settings, self.viewer.page_url(request),
+            share_link_query(link_or_id)))
+
+    # ---- wiring
+
+    def wire(self) -> None:
+        errors = self.user_errors
+        view = self.viewer.controls.inputs
+        self.files.change(errors(self.preview), [self.files, self.fps], [self.gallery, self.status],
+                          api_name="preview", concurrency_limit=4)
+        self.fps.release(errors(self.preview), [self.files, self.fps], [self.gallery, self.status],
+                         api_visibility="private", concurrency_limit=4)
+        # One model run at a time: a GPU holds one VGGT forward, and ZeroGPU grants one GPU.
+        # Two at once: one decodes its inputs or builds its scene while the other holds the GPU
+        # (GPU_SLOT: only the model's forward is serialised, on its low-priority thread).
+        # The refine option comes after the view controls in the API (as it always has).
+        self.reconstruct_button.click(errors(self.reconstruct), [self.files, self.fps], self.viewer.scene_outputs,
+                                      inputs_kwargs={**view, "refine": self.refine}, api_name="reconstruct",
+                                      concurrency_limit=2, concurrency_id="reconstruct", scroll_to_output=True,
+                                      show_progress_on=[self.viewer.viewer])
+        self.open_button.click(errors(self.open_shared), [self.shared_link], self.viewer.scene_outputs,
+                               inputs_kwargs=view, api_name="open_shared", concurrency_limit=8,
+                               concurrency_id="view", show_progress_on=[self.viewer.viewer])
+
+
+__all__ = ["EXAMPLES_DIR", "InputsPanel", "example_sets"]

@@ -1,0 +1,130 @@
+"""The viewer column: the 3-D scene, its summary, the view controls, the share link and the
+downloads; and the per-view gallery (input, depth, confidence) under the page.
+
+:class:`ViewerPanel` also turns a :class:`~vggt_app.service.SceneView` into the updates of every
+output a newly shown scene sets (:attr:`ViewerPanel.scene_outputs`), for the other panels too.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import gradio as gr
+
+from vggt_core import InputError
+
+from ..errors import GENERIC_ERROR_MESSAGE, user_message
+from ..service import ReconstructionService, SceneView
+from ..share_links import DEFAULT_VIEW_SETTINGS, SHARE_QUERY_PARAMETER
+from ..store.entries import StoreError
+from ..view_controls import ViewControls
+
+logger = logging.getLogger("vggt_app")
+
+# (id, the view controls' values by name, request) -> the scene outputs' updates.
+ShowScene = Callable[[str, Mapping[str, Any], Any], dict]
+
+
+class ViewerPanel:
+    def __init__(self, service: ReconstructionService, page_url: Callable[[Any], str],
+                 user_errors: Callable[[Callable], Callable]):
+        self.service = service
+        self.page_url = page_url
+        self.user_errors = user_errors
+
+    # ---- layout
+
+    def build(self) -> None:
+        """The viewer column's components (call inside that column)."""
+        self.viewer = gr.Model3D(label="3-D reconstruction", height=520, clear_color=(0.96, 0.96, 0.97, 1.0),
+                                 elem_id="scene-viewer")
+        self.summary = gr.Markdown("Add photos or a video, then press **Reconstruct**.", elem_id="summary")
+        self.controls = ViewControls(sky_info=self.service.sky.checkbox_info())
+        self.share_box = gr.Textbox(label="Share link", interactive=False, buttons=["copy"],
+                                    placeholder="Appears after a reconstruction", elem_id="share-link")
+        with gr.Accordion("Downloads", open=False):
+            gr.Markdown("GLB scene, PLY point cloud and COLMAP model (zip) of the current view, "
+                        "all raw predictions (.npz, load with `Reconstruction.load`) and depth maps "
+                        "at the photos' resolution (zip).")
+            self.downloads_button = gr.Button("Prepare downloads", elem_id="downloads-button")
+            self.downloads = gr.File(label="Files", file_count="multiple", interactive=False, elem_id="downloads")
+        self.recon_id_box = gr.Textbox(visible=False, elem_id="reconstruction-id")
+
+    def build_gallery(self) -> None:
+        """The per-view gallery (call where it should appear: under the columns)."""
+        self.gallery = gr.Gallery(label="Per view: input, depth (near = warm), confidence (bright = sure)",
+                                  columns=6, height="auto", object_fit="contain", elem_id="depth-gallery")
+
+    @property
+    def scene_outputs(self) -> list[gr.components.Component]:
+        """Everything a newly shown reconstruction sets, in the API's order; the view controls
+        come last because a share link may carry their values."""
+        c = self.controls
+        return [self.viewer, self.summary, self.gallery, c.frame, self.recon_id_box, self.share_box, self.downloads,
+                c.confidence, c.branch, c.show_cameras, c.filter_black, c.filter_white, c.max_points, c.hide_sky]
+
+    def scene_updates(self, scene: SceneView) -> dict[gr.components.Component, Any]:
+        return {self.viewer: scene.glb_path, self.summary: scene.summary, self.gallery: scene.gallery,
+                self.recon_id_box: scene.id, self.share_box: gr.Textbox(value=scene.share_link, info=scene.expiry_note),
+                self.downloads: None,  # clears the downloads of the previous reconstruction
+                **self.controls.updates(scene.settings, scene.frame_menu)}
+
+    def show_scene(self, recon_id: str, view: Mapping[str, Any], request: Any) -> dict:
+        """A stored (e.g. rescaled) reconstruction with the page's current view controls."""
+        settings = ViewControls.settings(view, num_frames=1, all_frames=True)
+        return self.scene_updates(self.service.scene_view(recon_id, settings, self.page_url(request)))
+
+    # ---- handlers
+
+    def update_view(self, recon_id: str, request: gr.Request = None, **view: Any) -> dict:
+        if not recon_id:
+            return gr.skip()  # nothing reconstructed yet
+        update = self.service.view_update(recon_id, view, self.page_url(request))
+        return {self.viewer: update.glb_path, self.summary: update.summary, self.share_box: update.share_link}
+
+    def prepare_downloads(self, recon_id: str, **view: Any) -> list[str]:
+        if not recon_id:
+            raise InputError("Reconstruct something first; then its files can be downloaded.")
+        return self.service.downloads(recon_id, view)
+
+    def open_from_page_url(self, request: gr.Request) -> dict:
+        """On page load: show the reconstruction named by ``?r=<id>``, with the link's view."""
+        query = {key: str(value) for key, value in dict(getattr(request, "query_params", {}) or {}).items()}
+        requested = query.get(SHARE_QUERY_PARAMETER)
+        if not requested:
+            return gr.skip()
+        try:
+            return self.scene_updates(self.service.scene_view(requested, DEFAULT_VIEW_SETTINGS,
+                                                              self.page_url(request), query))
+        except StoreError as error:  # unknown, expired, or storage busy right now
+            message = str(error)
+        except Exception:
+            logger.exception("unexpected error while opening a shared reconstruction")
+            message = GENERIC_ERROR_MESSAGE
+        # Shown in the page as well as in a toast: the visitor came for this scene.
+        gr.Warning(user_message(message))
+        return {self.summary: f"⚠️ {user_message(message)}"}
+
+    # ---- wiring
+
+    def wire(self, demo: gr.Blocks) -> None:
+        errors = self.user_errors
+        confidence = self.controls.confidence
+        for control in self.controls.components:
+            # always_last: while a slider is dragged only the final position is rendered.
+            control.change(errors(self.update_view), [self.recon_id_box], [self.viewer, self.summary, self.share_box],
+                           inputs_kwargs=self.controls.inputs,
+                           api_name="update_view" if control is confidence else None,
+                           api_visibility="public" if control is confidence else "private",
+                           trigger_mode="always_last", show_progress="minimal", concurrency_limit=8,
+                           concurrency_id="view")
+        self.downloads_button.click(errors(self.prepare_downloads), [self.recon_id_box], [self.downloads],
+                                    inputs_kwargs=self.controls.inputs, api_name="export", concurrency_limit=2)
+        # Page loads (which open ?r= links) must not queue behind each other.
+        demo.load(self.open_from_page_url, None, self.scene_outputs, api_visibility="private",
+                  show_progress="minimal", concurrency_limit=8, concurrency_id="page-load")
+
+
+__all__ = ["ShowScene", "ViewerPanel"]

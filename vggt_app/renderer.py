@@ -1,0 +1,171 @@
+"""What the page shows of a stored reconstruction, as files: GLB scenes, per-view pictures and
+the download files, in one bounded cache (see docs/store.md, *Derived files*)."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import shutil
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+from vggt_core.atomic_files import atomic_write_bytes
+from vggt_core.depth_maps import colorize_confidence_maps, colorize_depth_maps
+from vggt_core.export import (COLMAP_UNITS_FILE, export_colmap, export_depth_maps, export_glb, export_ply,
+                              units_note, zip_folder)
+from vggt_core.filtering import ViewSettings
+
+from .store.derived_cache import DerivedFileCache
+from .store.entries import StoredReconstruction
+from .view_controls import frame_label
+
+
+@dataclass(frozen=True)
+class RenderedView:
+    glb_path: Path
+    num_points: int
+    num_cameras: int
+    confidence_threshold: float
+    branch: str
+
+
+class ViewRenderer:
+    """Writes what the page shows (GLB scenes, depth-map images, download files) into a
+    :class:`DerivedFileCache`, one group per reconstruction, under one byte cap
+    (``--cache-max-mb``), least recently used out first, never while being served.
+
+    The app puts the cache inside Gradio's own cache folder, so Gradio serves these files as
+    they are instead of copying each one (see docs/store.md, "Derived files"). Parallel
+    identical requests build a file once. The storage folder itself is never handed to Gradio.
+    """
+
+    # Facts about rendered views (a few hundred bytes each) kept for the summary line.
+    MAX_VIEW_RECORDS = 4096
+
+    # A download link may be clicked a while after it appeared: bundles are kept this long.
+    DOWNLOAD_GRACE_S = 60.0
+
+    def __init__(self, root: Path, max_bytes: int = 1024 * 10**6, serve_grace_s: float = 10.0):
+        self.root = root
+        self.cache = DerivedFileCache(root, max_bytes, serve_grace_s=serve_grace_s)
+        self._views: OrderedDict[tuple[str, ViewSettings], RenderedView] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def view(self, stored: StoredReconstruction, settings: ViewSettings) -> RenderedView:
+        key, name = (stored.id, settings), f"view-{settings_digest(settings)}.glb"
+        with self.cache.build(stored.id, name) as (partial, existing):
+            with self._lock:
+                known = self._views.get(key)
+            if existing is not None and known is not None:
+                self._remember_view(key, known)
+                return known
+            # 12 instead of 16 bytes per point; Model3D draws it the same (tests/test_browser_glb.py).
+            result = export_glb(stored.reconstruction, partial, settings, durable=False, quantize=True)
+        rendered = RenderedView(self.cache.path(stored.id, name), result.num_points, result.num_cameras,
+                                result.confidence_threshold, result.branch)
+        self._remember_view(key, rendered)
+        return rendered
+
+    def _remember_view(self, key: tuple[str, ViewSettings], rendered: RenderedView) -> None:
+        with self._lock:
+            self._views[key] = rendered
+            self._views.move_to_end(key)
+            while len(self._views) > self.MAX_VIEW_RECORDS:
+                self._views.popitem(last=False)
+
+    def depth_gallery(self, stored: StoredReconstruction) -> list[tuple[str, str]]:
+        """(image file, caption) triples per frame: the input, its depth, its confidence."""
+        recon = stored.reconstruction
+        items, missing = [], []
+        for index, name in enumerate(recon.frame_names):
+            for kind in ("input", "depth", "confidence"):
+                file_name = f"{kind}-{index:04d}.jpg"
+                path = self.cache.get(stored.id, file_name)
+                items.append((str(path or self.cache.path(stored.id, file_name)), f"{frame_label(index, name)} · {kind}"))
+                if path is None:
+                    missing.append((index, kind, file_name))
+        if missing:
+            depth_images = colorize_depth_maps(recon.depth)
+            confidence_images = colorize_confidence_maps(recon.depth_conf)
+            pictures = {"input": recon.images, "depth": depth_images, "confidence": confidence_images}
+            for index, kind, file_name in missing:
+                with self.cache.build(stored.id, file_name) as (partial, existing):
+                    if existing is None:
+                        Image.fromarray(pictures[kind][index]).save(partial, format="JPEG", quality=88)
+        return items
+
+    def downloads(self, stored: StoredReconstruction, npz_source: Callable[[Path], Path],
+                  settings: ViewSettings) -> list[str]:
+        """GLB, PLY and zipped COLMAP model of the current view, the raw predictions, and the
+        depth maps at the photos' resolution (zipped).
+
+        ``npz_source(path)`` puts the stored ``.npz`` at ``path`` (the store links or copies it).
+        One ``.npz`` per reconstruction is shared by every view's bundle.
+        """
+        bundle = f"export-{settings_digest(settings)}"
+        keep = {"grace_s": self.DOWNLOAD_GRACE_S}
+        names = [f"{bundle}/scene.glb", f"{bundle}/points.ply", f"{bundle}/colmap.zip", "npz/reconstruction.npz",
+                 f"{bundle}/depth_maps.zip"]
+        if not all(self.cache.get(stored.id, name) for name in names):
+            self.cache.require_room()  # a new bundle may push the cap over, never a second one
+        with self.cache.build(stored.id, f"{bundle}/scene.glb", **keep) as (partial, existing):
+            if existing is None:
+                export_glb(stored.reconstruction, partial, settings, durable=False)
+        with self.cache.build(stored.id, f"{bundle}/points.ply", **keep) as (partial, existing):
+            if existing is None:
+                export_ply(stored.reconstruction, partial, settings, durable=False)
+        with self.cache.build(stored.id, f"{bundle}/colmap.zip", **keep) as (partial, existing):
+            if existing is None:
+                # The unzipped model is a temporary folder inside the cache, gone after zipping.
+                model_dir = partial.with_name(partial.name + ".model")
+                try:
+                    export_colmap(stored.reconstruction, model_dir / "sparse" / "0", settings, durable=False)
+                    atomic_write_bytes(model_dir / COLMAP_UNITS_FILE, units_note(stored.reconstruction).encode(),
+                                       durable=False)
+                    zip_folder(model_dir, partial, durable=False)
+                finally:
+                    shutil.rmtree(model_dir, ignore_errors=True)
+        with self.cache.build(stored.id, f"{bundle}/depth_maps.zip", **keep) as (partial, existing):
+            if existing is None:
+                depth_dir = partial.with_name(partial.name + ".maps")
+                try:
+                    export_depth_maps(stored.reconstruction, depth_dir, durable=False)
+                    zip_folder(depth_dir, partial, durable=False)
+                finally:
+                    shutil.rmtree(depth_dir, ignore_errors=True)
+        with self.cache.build(stored.id, "npz/reconstruction.npz", **keep) as (partial, existing):
+            if existing is None:
+                npz_source(partial)
+        return [str(self.cache.path(stored.id, name)) for name in names]
+
+    def picture_file(self, image: Image.Image) -> str:
+        """A JPEG of ``image`` in the cache (named by its content), so that preview thumbnails,
+        too, count towards the cap instead of piling up in Gradio's own folder."""
+        buffer = io.BytesIO()
+        image.convert("RGB").save(buffer, format="JPEG", quality=85)
+        data = buffer.getvalue()
+        name = f"{hashlib.sha256(data).hexdigest()[:24]}.jpg"
+        with self.cache.build("previews", name) as (partial, existing):
+            if existing is None:
+                partial.write_bytes(data)
+        return str(self.cache.path("previews", name))
+
+    def forget(self, recon_id: str) -> None:
+        with self._lock:
+            for key in [key for key in self._views if key[0] == recon_id]:
+                del self._views[key]
+        self.cache.forget_group(recon_id)
+
+
+def settings_digest(settings: ViewSettings) -> str:
+    """A short stable name for ``settings``: the file names of its GLB and download bundle."""
+    return hashlib.sha256(repr(dataclasses.astuple(settings)).encode()).hexdigest()[:16]
+
+
+__all__ = ["RenderedView", "ViewRenderer", "settings_digest"]

@@ -1,0 +1,124 @@
+"""The model of a server process: loaded on first use, run one forward at a time.
+
+On a Hugging Face ZeroGPU Space a GPU is attached only inside functions decorated with
+``spaces.GPU``: :func:`run_model` and :func:`run_tracking` are those functions, and nothing
+else here touches the GPU.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from vggt_core import load_model, resolve_device
+from vggt_core.pipeline import DecodedFrames, reconstruct_decoded
+from vggt_core.reconstruction import Reconstruction
+from vggt_core.tracks import DEFAULT_MAX_QUERY_POINTS, track_reconstruction
+
+from .model_worker import ModelWorker
+
+logger = logging.getLogger("vggt_app")
+
+# The seconds ZeroGPU reserves a GPU for one reconstruction (VGGT-1B takes a few seconds for
+# tens of frames; the margin covers the first call, which moves the weights to the GPU).
+ZERO_GPU_DURATION_SECONDS = 120
+
+
+class ModelProvider:
+    """Loads the model the first time it is needed, so the page comes up at once.
+
+    A lock makes concurrent first requests wait for one load instead of each loading 5 GB.
+    A failed load is not remembered: the next request tries again (the network may be back).
+    """
+
+    def __init__(self, checkpoint: str, device: str | None = None):
+        self.checkpoint = checkpoint
+        self.device = device
+        self._model: torch.nn.Module | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def is_loaded(self) -> bool:
+        return self._model is not None
+
+    def get(self) -> torch.nn.Module:
+        with self._lock:
+            if self._model is None:
+                started = time.perf_counter()
+                self._model = self._load()
+                logger.info("loaded %s in %.1f s", self.checkpoint, time.perf_counter() - started)
+            return self._model
+
+    def _load(self) -> torch.nn.Module:
+        if spaces_package() is not None:
+            # ZeroGPU forbids initialising CUDA outside a spaces.GPU call: read the weights on
+            # the CPU, then .to(device), which ZeroGPU defers until a GPU is attached.
+            return load_model(self.checkpoint, device="cpu").to(resolve_device(self.device))
+        return load_model(self.checkpoint, device=self.device)
+
+
+def spaces_package():
+    """Hugging Face's ``spaces`` package (present on Spaces), or None."""
+    try:
+        import spaces  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    return spaces
+
+
+def on_zero_gpu(function: Callable) -> Callable:
+    """``spaces.GPU`` on a Hugging Face Space (a GPU is attached for the call on ZeroGPU, a no-op
+    on other hardware); the function unchanged everywhere else."""
+    spaces = spaces_package()
+    if spaces is None:
+        return function
+    return spaces.GPU(duration=ZERO_GPU_DURATION_SECONDS)(function)
+
+
+@on_zero_gpu
+def run_model(model: torch.nn.Module, decoded: DecodedFrames, progress: Callable[[float, str], None],
+              track_progress: Callable[[float, str], None] | None = None,
+              max_tracks: int = DEFAULT_MAX_QUERY_POINTS) -> Reconstruction:
+    """The only GPU work: on ZeroGPU a GPU is attached for exactly this call. The frames are
+    decoded before, and the scene is built after, outside it. With ``track_progress`` the track
+    head also follows up to ``max_tracks`` points across the frames (for bundle adjustment, which
+    runs after, on the CPU)."""
+    recon = reconstruct_decoded(model, decoded, progress=progress)
+    if track_progress is None:
+        return recon
+    return track_reconstruction(model, recon, max_query_points=max_tracks, progress=track_progress)
+
+
+@on_zero_gpu
+def run_tracking(model: torch.nn.Module, recon: Reconstruction, queries: Any,
+                 progress: Callable[[float, str], None]) -> Reconstruction:
+    """The Tracks view's GPU work: the model re-run on a stored scene's frames to track ``queries``."""
+    return track_reconstruction(model, recon, queries, progress=progress)
+
+
+def refine_cameras(recon: Reconstruction) -> tuple[Reconstruction, dict[str, Any]]:
+    """Bundle adjustment of a tracked scene (CPU, outside the GPU slot): the refined scene and the
+    report, or the scene unrefined and a report saying why: a failure never loses the scene."""
+    from vggt_core.bundle_adjustment import bundle_adjust  # imports pycolmap: only when asked for
+
+    try:
+        result = bundle_adjust(recon)
+        return result.reconstruction, result.report.as_dict()
+    except Exception:
+        logger.exception("bundle adjustment failed")
+        return recon, {"refined": False, "message": "bundle adjustment failed on the server (logged)"}
+
+
+# One model forward at a time in this process (one GPU, one copy of the weights), on one thread
+# at a lower CPU priority than the requests of people looking at scenes (see model_worker).
+# Requests decode their inputs and build their scenes in parallel; only the forward waits here.
+GPU_SLOT = ModelWorker()
+
+
+__all__ = ["GPU_SLOT", "ModelProvider", "ZERO_GPU_DURATION_SECONDS", "on_zero_gpu", "refine_cameras", "run_model",
+           "run_tracking", "spaces_package"]

@@ -1,0 +1,274 @@
+"""What the page's events do, independent of the layout (so it is easy to test).
+
+How a request flows: the uploaded files become frames (``gather_input_frames``, ``decode_frames``),
+the model runs once (:func:`vggt_app.runtime.models.run_model`, the only step that holds the GPU),
+and the resulting ``Reconstruction`` is stored under an unguessable id; its share link is shown
+once it is durable. Everything after that (moving a display slider, downloading, opening the
+share link in another browser) works from the stored reconstruction and never runs the model again.
+
+Results are plain values (:class:`SceneView`); the panels turn them into component updates.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import torch
+
+from vggt_core import InputError, WeightsUnavailableError
+from vggt_core.filtering import ViewSettings
+from vggt_core.pipeline import decode_frames, gather_input_frames, is_video_file
+from vggt_core.reconstruction import Reconstruction
+
+from .errors import user_message
+from .renderer import ViewRenderer, settings_digest
+from .runtime.models import GPU_SLOT, ModelProvider, refine_cameras, run_model, run_tracking
+from .settings import AppSettings
+from .share_links import share_link, view_settings_from_query
+from .sky_masks import SkyMasks
+from .store.entries import PendingSave, ReconstructionStore, StoreError, StoredReconstruction
+from .store.first_view import FirstView, load_first_view, save_first_view
+from .store.upload_limits import check_upload_sizes
+from .summary import expiry_text, is_refined, summary_markdown
+from .uploads import describe_inputs, frame_thumbnail, uploaded_file_paths
+from .view_controls import ViewControls, frame_choices
+
+logger = logging.getLogger("vggt_app")
+
+
+class ProgressRange:
+    """Maps a stage's own 0..1 progress into ``[start, end]`` of the page's progress bar
+    (``progress(fraction, desc=...)``, as :class:`gr.Progress` takes it)."""
+
+    def __init__(self, progress: Callable[..., Any], start: float, end: float):
+        self.progress = progress
+        self.start = start
+        self.end = end
+
+    def __call__(self, fraction: float, message: str) -> None:
+        fraction = min(max(float(fraction), 0.0), 1.0)
+        self.progress(self.start + (self.end - self.start) * fraction, desc=message[:1].upper() + message[1:])
+
+
+@dataclass(frozen=True)
+class SceneView:
+    """Everything the page shows for one stored reconstruction."""
+
+    id: str
+    glb_path: str
+    summary: str
+    gallery: list[tuple[str, str]]  # (image file, caption) per frame: input, depth, confidence
+    frame_menu: list[str]  # "All", then one label per frame
+    settings: ViewSettings  # what the viewer shows (all frames)
+    share_link: str
+    expiry_note: str
+
+
+@dataclass(frozen=True)
+class ViewUpdate:
+    """What a view change re-renders: the viewer, the summary and the share link."""
+
+    glb_path: str
+    summary: str
+    share_link: str
+
+
+class ReconstructionService:
+    def __init__(self, settings: AppSettings, store: ReconstructionStore, renderer: ViewRenderer,
+                 models: ModelProvider):
+        self.settings = settings
+        self.store = store
+        self.renderer = renderer
+        self.models = models
+        self.sky = SkyMasks(store, settings.sky_model)
+        self._prefetch_slot = threading.Semaphore(1)
+
+    # ---- before running
+
+    def preview(self, files: Any, fps: float) -> tuple[list[tuple[str, str]], str]:
+        """Frames that would be reconstructed, as small thumbnail files, and a one-line status."""
+        try:
+            paths = self._checked_paths(files)
+            if not paths:
+                return [], ""
+            frames = gather_input_frames(paths, fps=float(fps), max_frames=self.settings.max_frames)
+            thumbnails = [(self.renderer.picture_file(frame_thumbnail(frame)), frame.name) for frame in frames]
+        except (InputError, WeightsUnavailableError) as error:
+            # A warning rather than an error: the upload stays in place so the user can fix it.
+            gr.Warning(user_message(str(error)))
+            return [], f"⚠️ {user_message(str(error))}"
+        video_note = f" (video sampled at {float(fps):g} frames/s)" if any(map(is_video_file, paths)) else ""
+        status = (f"{len(frames)} frame{'s' if len(frames) != 1 else ''} ready{video_note}; "
+                  f"at most {self.settings.max_frames} per reconstruction.")
+        return thumbnails, status
+
+    # ---- running the model
+
+    def reconstruct(self, files: Any, fps: float, progress: Callable[..., Any]) -> str:
+        """Run the model on the uploaded files, store the result, return its id once durable."""
+        return self.start_reconstruction(files, fps, progress).wait()
+
+    def start_reconstruction(self, files: Any, fps: float, progress: Callable[..., Any],
+                             refine: bool = False) -> PendingSave:
+        """Run the model (and with ``refine`` track points and bundle-adjust the cameras) and hand
+        the result to the store's writers. The id can be shown at once (from memory);
+        :meth:`PendingSave.wait` before showing it as a share link."""
+        paths = self._checked_paths(files)
+        if not paths:
+            raise InputError("Add some photos or a video first.")
+        progress(0.0, desc="Reading the inputs")
+        frames = gather_input_frames(paths, fps=float(fps), max_frames=self.settings.max_frames)
+        decoded = decode_frames(frames)
+        model_end = 0.6 if refine else 0.85
+        started = time.perf_counter()
+        reconstruction = self.on_gpu(lambda model, frames=decoded: run_model(
+            model, frames, ProgressRange(progress, 0.1, model_end),
+            ProgressRange(progress, model_end, 0.72) if refine else None, self.settings.refine_tracks), progress)
+        seconds = time.perf_counter() - started
+        del decoded
+        metadata = {"seconds": round(seconds, 3), "checkpoint": self.settings.checkpoint,
+                    "untrained": self.settings.is_untrained, "inputs": describe_inputs(paths),
+                    "num_frames": reconstruction.num_frames}
+        if refine:
+            progress(0.74, desc="Refining the cameras (bundle adjustment)")
+            reconstruction, metadata["bundle_adjustment"] = refine_cameras(reconstruction)
+        progress(0.87, desc="Saving the reconstruction")
+        pending = self.store.save_async(reconstruction, metadata)
+        logger.info("reconstructed %d frames in %.1f s", reconstruction.num_frames, seconds)
+        return pending
+
+    def on_gpu(self, work: Callable[[torch.nn.Module], Reconstruction], progress: Callable[..., Any]) -> Reconstruction:
+        """``work(model)`` holding the GPU slot; the model is loaded first, outside it."""
+        if not self.models.is_loaded:
+            progress(0.05, desc="Loading the model weights (first run only)")
+        model = self.models.get()
+        return GPU_SLOT.run(lambda: work(model), on_wait=lambda: progress(
+            0.08, desc="Waiting for the GPU (another reconstruction is running)"))
+
+    def track(self, recon: Reconstruction, queries: Any, progress: Callable[..., Any]) -> Reconstruction:
+        """The Tracks view's tracking of ``queries`` on a stored scene (see ``run_tracking``)."""
+        return self.on_gpu(lambda model: run_tracking(model, recon, queries, ProgressRange(progress, 0.1, 0.9)),
+                           progress)
+
+    def _checked_paths(self, files: Any) -> list[str]:
+        paths = uploaded_file_paths(files)
+        check_upload_sizes(paths, self.settings.upload_limits)
+        return paths
+
+    # ---- showing a stored reconstruction
+
+    def view_settings(self, stored: StoredReconstruction, view: Mapping[str, Any]) -> ViewSettings:
+        """``view``: the view controls' values by name (see :class:`ViewControls`)."""
+        return ViewControls.settings(view, stored.reconstruction.num_frames)
+
+    def scene_view(self, recon_id: str, base: ViewSettings, page_url: str,
+                   link_query: Mapping[str, str] | None = None) -> SceneView:
+        """What the page shows for a stored reconstruction, viewed with ``base`` for all frames,
+        overridden by a share link's view parameters ``link_query``."""
+        base = dataclasses.replace(base, frame_index=None)
+        fast = self._first_view(recon_id, base, page_url, link_query)
+        if fast is not None:
+            return fast
+        stored = self.store.load(recon_id)
+        recon = stored.reconstruction
+        settings, ignored = view_settings_from_query(link_query or {}, base, recon.num_frames)
+        if ignored:
+            gr.Warning(user_message(f"The link's view settings {', '.join(ignored)} are not valid; "
+                                    "showing the defaults for those."))
+        settings = self.sky.apply(stored, settings)
+        view = self.renderer.view(stored, settings)
+        return SceneView(id=stored.id, glb_path=str(view.glb_path), summary=summary_markdown(stored, view),
+                         gallery=self.renderer.depth_gallery(stored), frame_menu=frame_choices(recon),
+                         settings=settings, share_link=share_link(page_url, stored.id, settings, is_refined(recon)),
+                         expiry_note=self.expiry_note(stored))
+
+    # ---- the first view of a link, from a few megabytes (vggt_app.store.first_view)
+
+    def save_first_view(self, recon_id: str, settings: ViewSettings) -> None:
+        """Keep what the page showed for a new scene beside it, so its link opens without the
+        arrays. Best effort: without it, a link still opens, only more slowly."""
+        settings = dataclasses.replace(settings, frame_index=None)  # as scene_view shows it
+        if settings.hide_sky:
+            return  # its pictures depend on a mask computed later; such links load the scene
+        try:
+            stored = self.store.load(recon_id)
+            view = self.renderer.view(stored, settings)
+            gallery = [(Path(path).name, caption, Path(path).read_bytes())
+                       for path, caption in self.renderer.depth_gallery(stored)]
+            save_first_view(self.store, recon_id, FirstView(
+                settings_key=settings_digest(settings), num_frames=stored.reconstruction.num_frames,
+                summary=summary_markdown(stored, view), frame_choices=frame_choices(stored.reconstruction),
+                glb=Path(view.glb_path).read_bytes(), gallery=gallery))
+        except (StoreError, OSError) as error:
+            logger.warning("could not keep the first view of %s (%s)", recon_id, error)
+
+    def _first_view(self, recon_id: str, base: ViewSettings, page_url: str,
+                    link_query: Mapping[str, str] | None) -> SceneView | None:
+        """The scene from the entry's first view when the link asks for that view; None
+        otherwise. The full scene is then read in the background for the next view change."""
+        first = load_first_view(self.store, recon_id)
+        if first is None:
+            return None
+        settings, ignored = view_settings_from_query(link_query or {}, base, first.num_frames)
+        if ignored or settings.hide_sky or settings_digest(settings) != first.settings_key:
+            return None
+        metadata = self.store.metadata(recon_id)
+        glb_name = f"view-{settings_digest(settings)}.glb"
+        with self.renderer.cache.build(recon_id, glb_name) as (partial, existing):
+            if existing is None:
+                partial.write_bytes(first.glb)
+        gallery = []
+        for name, caption, data in first.gallery:
+            with self.renderer.cache.build(recon_id, name) as (partial, existing):
+                if existing is None:
+                    partial.write_bytes(data)
+            gallery.append((str(self.renderer.cache.path(recon_id, name)), caption))
+        self._prefetch(recon_id)
+        expires = datetime.fromtimestamp(float(metadata["created_at"]) + self.store.ttl_seconds, tz=timezone.utc)
+        return SceneView(id=recon_id, glb_path=str(self.renderer.cache.path(recon_id, glb_name)), summary=first.summary,
+                         gallery=gallery, frame_menu=first.frame_choices, settings=settings,
+                         share_link=share_link(page_url, recon_id, settings), expiry_note=expiry_text(expires))
+
+    def _prefetch(self, recon_id: str) -> None:
+        """Read the full scene in the background (one at a time; skipped when one is running)."""
+        if not self._prefetch_slot.acquire(blocking=False):
+            return
+
+        def load() -> None:
+            try:
+                self.store.load(recon_id)
+            except Exception as error:  # noqa: BLE001  (the next view change reports it)
+                logger.info("prefetching %s failed: %s", recon_id, error)
+            finally:
+                self._prefetch_slot.release()
+
+        threading.Thread(target=load, name="store-prefetch", daemon=True).start()
+
+    def view_update(self, recon_id: str, view: Mapping[str, Any], page_url: str) -> ViewUpdate:
+        """The viewer's GLB, the summary and the share link after a view control changed."""
+        stored = self.store.load(recon_id)
+        settings = self.sky.apply(stored, self.view_settings(stored, view))
+        rendered = self.renderer.view(stored, settings)
+        return ViewUpdate(str(rendered.glb_path), summary_markdown(stored, rendered),
+                          share_link(page_url, stored.id, settings, is_refined(stored.reconstruction)))
+
+    def downloads(self, recon_id: str, view: Mapping[str, Any]) -> list[str]:
+        stored = self.store.load(recon_id)
+        settings = self.sky.apply(stored, self.view_settings(stored, view))
+        return self.renderer.downloads(stored, functools.partial(self.store.copy_npz, recon_id), settings)
+
+    def expiry_note(self, stored: StoredReconstruction) -> str:
+        return expiry_text(datetime.fromtimestamp(self.store.expires_at(stored), tz=timezone.utc))
+
+
+__all__ = ["ProgressRange", "ReconstructionService", "SceneView", "ViewUpdate"]
