@@ -1,4 +1,11 @@
-"""How failures reach a person on the page: a sentence, never a traceback."""
+"""How failures reach a person: a sentence, never a traceback, and on the page never a wiped scene.
+
+On the page (the browser's own client marks its calls with the ``x-gradio-user: app`` header) a
+failed event shows its message as a toast and leaves every output as it was: raising
+``gr.Error`` would put an "Error" badge on all of the event's outputs (the viewer, the share
+link, the galleries) and some of them stay broken until the next change. API clients
+(``gradio_client``) get the same sentence as an error, as an API must.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +13,10 @@ import functools
 import html
 import logging
 from collections.abc import Callable
+from typing import Any
 
 import gradio as gr
+from gradio.context import LocalContext
 
 from vggt_core import FrameLimitError, InputError, WeightsUnavailableError
 from vggt_core.sky import SkyModelUnavailableError
@@ -28,28 +37,50 @@ def user_message(text: str) -> str:
     return html.escape(text, quote=False)
 
 
+def called_from_the_page() -> bool:
+    """Whether the running event was sent by the app's own page (not by an API client)."""
+    request = LocalContext.request.get(None)
+    headers = getattr(request, "headers", None) or {}
+    try:
+        return headers.get("x-gradio-user") == "app"
+    except AttributeError:
+        return False
+
+
+def answer(message: str, *, sticky: bool = False) -> Any:
+    """The failed event's result: on the page a warning toast and every output unchanged
+    (``gr.skip()``); for API clients an error with the same message."""
+    if called_from_the_page():
+        gr.Warning(message, duration=None if sticky else 10)
+        return gr.skip()
+    raise gr.Error(message, duration=None if sticky else 10)
+
+
 def show_user_errors(handler: Callable) -> Callable:
-    """Turn every failure of an event handler into a message: never a traceback on the page."""
+    """Turn every failure of an event handler into a message: never a traceback, and on the page
+    the outputs keep their values (see :func:`answer`). Expected mistakes are logged as one line."""
 
     @functools.wraps(handler)
     def wrapper(*args, **kwargs):
         try:
             return handler(*args, **kwargs)
-        except gr.Error:
-            raise
+        except gr.Error as error:
+            return answer(str(error.message))
         except WeightsUnavailableError as error:
             message = str(error)
             if "--checkpoint" not in message and not isinstance(error, SkyModelUnavailableError):
                 message = f"{message}\n{CHECKPOINT_HINT}"
             logger.warning("weights unavailable: %s", error)
-            raise gr.Error(user_message(message), duration=None) from None
+            return answer(user_message(message), sticky=True)
         except (FrameLimitError, InputError, StoreError, CacheFullError) as error:
-            raise gr.Error(user_message(str(error))) from None
+            logger.info("%s: %s", handler.__name__, error)
+            return answer(user_message(str(error)))
         except Exception:
             logger.exception("unexpected error in %s", handler.__name__)
-            raise gr.Error(GENERIC_ERROR_MESSAGE) from None
+            return answer(GENERIC_ERROR_MESSAGE)
 
     return wrapper
 
 
-__all__ = ["CHECKPOINT_HINT", "GENERIC_ERROR_MESSAGE", "show_user_errors", "user_message"]
+__all__ = ["CHECKPOINT_HINT", "GENERIC_ERROR_MESSAGE", "answer", "called_from_the_page", "show_user_errors",
+           "user_message"]

@@ -189,9 +189,9 @@ def _read_image(source: ImageSource, label: str) -> Image.Image:
 
 def _read_image_file(path: Path, label: str) -> Image.Image:
     if not path.exists():
-        raise InputError(f"Image file not found: {label} ({path})")
+        raise InputError(f"{label}: no such image file")
     if path.is_dir():
-        raise InputError(f"{label} is a folder, not an image file ({path})")
+        raise InputError(f"{label} is a folder, not an image file")
     try:
         with Image.open(path) as image:
             # Decode now, while the file is open: a truncated file only fails here.
@@ -199,9 +199,12 @@ def _read_image_file(path: Path, label: str) -> Image.Image:
             # copy() keeps palette and "transparency" info but no longer needs the file.
             return image.copy()
     except Image.DecompressionBombError as error:
-        raise InputError(f"{label}: image is too large to load safely ({error})") from error
+        logger.info("%s: %s", path, error)  # the details for the operator; the person gets a sentence
+        raise InputError(f"{label}: image is too large to load safely (more than "
+                         f"{Image.MAX_IMAGE_PIXELS or 0:,} pixels)") from error
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as error:
-        raise InputError(f"{label}: not a readable image file ({error})") from error
+        logger.info("%s: %s", path, error)
+        raise InputError(f"{label}: not a readable image file (damaged, or not an image)") from error
 
 
 def _image_from_array(array: np.ndarray, label: str) -> Image.Image:
@@ -252,7 +255,8 @@ def _convert(image: Image.Image, mode: str, label: str) -> Image.Image:
     try:
         return image.convert(mode)
     except (ValueError, OSError) as error:
-        raise InputError(f"{label}: unsupported image mode {image.mode!r} ({error})") from error
+        logger.info("%s: converting %s to %s: %s", label, image.mode, mode, error)
+        raise InputError(f"{label}: unsupported image mode {image.mode!r}") from error
 
 
 def _composite_on_white(rgba: Image.Image) -> Image.Image:
@@ -344,31 +348,34 @@ def _pad_white(image: torch.Tensor, height: int, width: int) -> tuple[torch.Tens
     return canvas, left, top
 
 
+def image_size_problem(width: int, height: int, mode: str = "crop",
+                       target_size: int = DEFAULT_TARGET_SIZE) -> str | None:
+    """Why a ``width`` x ``height`` photo cannot be reconstructed (one sentence), or None."""
+    if width == 0 or height == 0:
+        return f"image is empty ({width}x{height} pixels)"
+    if width < PATCH_SIZE or height < PATCH_SIZE:
+        # Upsampling a few pixels to 518 would only invent detail: the model would see a blur.
+        return (f"image is too small ({width}x{height} pixels); it must be at least {PATCH_SIZE} pixels on "
+                f"each side to hold one {PATCH_SIZE}-pixel patch")
+    new_width, new_height = resized_size(width, height, mode, target_size)
+    if new_width == 0 or new_height == 0:
+        return (f"image is too small or too thin ({width}x{height} pixels): resizing it to {target_size} "
+                f"pixels leaves less than one {PATCH_SIZE}-pixel patch in one direction")
+    if new_height > MAX_CROP_ASPECT_RATIO * target_size:
+        return (f"image is too tall and thin for crop mode ({width}x{height} pixels; at most "
+                f"{MAX_CROP_ASPECT_RATIO} times taller than wide); try pad mode")
+    return None
+
+
 def _preprocess_one(
     image: Image.Image, name: str, mode: str, target_size: int
 ) -> tuple[torch.Tensor, FrameTransform]:
     """RGB photo -> tensor [3, H, W] (before batch padding) and its transform."""
     original_width, original_height = image.size
-    if original_width == 0 or original_height == 0:
-        raise InputError(f"{name}: image is empty ({original_width}x{original_height} pixels)")
-    if original_width < PATCH_SIZE or original_height < PATCH_SIZE:
-        # Upsampling a few pixels to 518 would only invent detail: the model would see a blur.
-        raise InputError(
-            f"{name}: image is too small ({original_width}x{original_height} pixels); it must be at "
-            f"least {PATCH_SIZE} pixels on each side to hold one {PATCH_SIZE}-pixel patch"
-        )
+    problem = image_size_problem(original_width, original_height, mode, target_size)
+    if problem is not None:
+        raise InputError(f"{name}: {problem}")
     new_width, new_height = resized_size(original_width, original_height, mode, target_size)
-    if new_width == 0 or new_height == 0:
-        raise InputError(
-            f"{name}: image is too small or too thin ({original_width}x{original_height} pixels): "
-            f"resizing it to {target_size} pixels leaves less than one {PATCH_SIZE}-pixel patch "
-            "in one direction"
-        )
-    if new_height > MAX_CROP_ASPECT_RATIO * target_size:
-        raise InputError(
-            f"{name}: image is too tall and thin for crop mode ({original_width}x{original_height} "
-            f"pixels; at most {MAX_CROP_ASPECT_RATIO} times taller than wide); try pad mode"
-        )
     tensor = _pil_to_tensor(image.resize((new_width, new_height), Image.Resampling.BICUBIC))
 
     offset_x, offset_y = 0, 0

@@ -56,7 +56,7 @@ def gather_input_frames(inputs: Sequence[str | os.PathLike], *, fps: float = 1.0
         if path.is_dir():
             found = list_image_files(path)
             if not found:
-                raise InputError(f"The folder {path} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))}).")
+                raise InputError(f"The folder {path.name} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))}).")
             files.extend(found)
         elif path.is_file():
             files.append(path)

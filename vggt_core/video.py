@@ -182,9 +182,9 @@ def _rotation_from_side_data(frame: av.VideoFrame) -> float:
 def _check_video_path(video_path: str | os.PathLike) -> Path:
     path = Path(video_path)
     if not path.exists():
-        raise InputError(f"Video file not found: {path.name} ({path})")
+        raise InputError(f"{path.name}: no such video file")
     if path.is_dir():
-        raise InputError(f"{path.name} is a folder, not a video file ({path})")
+        raise InputError(f"{path.name} is a folder, not a video file")
     return path
 
 
@@ -193,7 +193,8 @@ def _open_video(path: Path) -> tuple[av.container.InputContainer, av.video.strea
     try:
         container = av.open(str(path), mode="r")
     except (av.error.FFmpegError, OSError, UnicodeDecodeError) as error:
-        raise InputError(f"{path.name}: not a readable video file ({error})") from error
+        logger.info("%s: %s", path, error)  # the details for the operator; the person gets a sentence
+        raise InputError(f"{path.name}: not a readable video file (damaged, or not a video)") from error
     if not container.streams.video:
         container.close()
         raise InputError(f"{path.name}: the file contains no video stream")
