@@ -30,6 +30,8 @@ from .registry import (EXPORTERS, Exporter, ExportRequest, default_export_format
 from .splatting import export_splatting_bundle
 
 __all__ = [
+    "COLMAP_MODEL_SUBDIR",
+    "COLMAP_UNITS_FILE",
     "DEFAULT_EXPORT_FORMATS",
     "EXPORTERS",
     "EXPORT_FORMATS",
