@@ -1,9 +1,10 @@
-"""The result of one model run and its file format.
+"""The result of one model run: cameras, depth and points as numpy arrays.
 
 A :class:`Reconstruction` holds everything the viewers and exporters need, as CPU numpy arrays,
 so that changing a display setting never re-runs the model (the reference demo keeps a
 ``predictions.npz`` for the same reason). It is saved as one ``.npz`` that is read
-back without pickle: an uploaded or stale file can never execute code.
+back without pickle (:mod:`vggt_core.reconstruction_file`): an uploaded or stale file can never
+execute code.
 
 The model run that makes one is :func:`vggt_core.inference.reconstruct`; a ground-truth one of
 a synthetic scene is :func:`vggt_core.synthetic.reconstruction_from_synthetic_scene`. Both are
@@ -16,15 +17,12 @@ import dataclasses
 import io
 import json
 import os
-import zipfile
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Mapping
+from typing import Any, BinaryIO
 
 import numpy as np
 
-from .atomic_files import atomic_writer
 from .errors import InputError
 from .geometry import unproject_depth_maps_in_frame_chunks
 from .images import FrameTransform
@@ -40,12 +38,17 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    # The model run and the synthetic ground truth build Reconstructions, so they import this
-    # module; importing them lazily keeps their old home working without an import cycle.
+    # The model run, the synthetic ground truth and the file format build Reconstructions, so
+    # they import this module; importing them lazily keeps their old home working without an
+    # import cycle.
     if name == "reconstruct":
         from .inference import reconstruct
 
         return reconstruct
+    if name == "FILE_FORMAT_VERSION":
+        from .reconstruction_file import FILE_FORMAT_VERSION
+
+        return FILE_FORMAT_VERSION
     if name == "reconstruction_from_synthetic_scene":
         from .synthetic import reconstruction_from_synthetic_scene
 
@@ -53,13 +56,9 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-# Version 1: the arrays below up to track_confidence. Version 2 adds the optional fields after it
-# and the ``info`` JSON; version-1 files still load (the new fields are then absent).
-FILE_FORMAT_VERSION = 2
-_FORMAT_KEY = "__format_version__"
-_INFO_KEY = "__info_json__"
-
-# Stored dtype of every array field; (field name, dtype, may be None).
+# Every array field with its dtype (arrays are converted to it) and whether it may be None; the
+# file format (vggt_core.reconstruction_file) stores the same fields. Up to track_confidence they
+# were in format version 1; the rest came with version 2.
 _ARRAY_FIELDS: tuple[tuple[str, type, bool], ...] = (
     ("images", np.uint8, False),
     ("extrinsics", np.float32, False),
@@ -78,7 +77,6 @@ _ARRAY_FIELDS: tuple[tuple[str, type, bool], ...] = (
     ("tracks", np.float32, True),
     ("track_visibility", np.float32, True),
     ("track_confidence", np.float32, True),
-    # Version 2.
     ("track_query_frames", np.int64, True),
     ("sky_mask", np.bool_, True),
     ("predicted_intrinsics", np.float32, True),
@@ -87,12 +85,6 @@ _ARRAY_FIELDS: tuple[tuple[str, type, bool], ...] = (
     ("sparse_point_tracks", np.int64, True),
     ("sparse_observations", np.bool_, True),
 )
-
-# Arrays stored at a lower precision than they are used at (see docs/store.md, "What is stored"):
-# confidences only rank and threshold points, and float16 keeps 3 significant digits.
-_STORED_DTYPES: dict[str, type] = {"depth_conf": np.float16, "world_points_conf": np.float16}
-_FLOAT16_MAX = float(np.finfo(np.float16).max)
-
 
 def _default_frame_names(num_frames: int) -> list[str]:
     return [f"frame_{index:03d}" for index in range(num_frames)]
@@ -343,58 +335,32 @@ class Reconstruction:
     # ----------------------------------------------------------------------------------------
 
     def save(self, path: str | os.PathLike | BinaryIO) -> Path | None:
-        """Write one ``.npz`` at exactly ``path`` (no suffix is appended), or into an open
-        binary file.
+        """Write one ``.npz`` at exactly ``path`` (atomically and durably), or into an open binary
+        file; see :func:`vggt_core.reconstruction_file.save_reconstruction`."""
+        from .reconstruction_file import save_reconstruction
 
-        Fields that are None are simply absent from the file; names are a unicode array, so
-        :meth:`load` needs no pickle. ``points_from_depth`` is left out (:meth:`load` recomputes
-        it) and confidences are stored as float16; the arrays are not compressed, which makes
-        saving 50 frames take under a second instead of ~15 s for 20% fewer bytes
-        (``benchmarks/bench_save.py``). A path is written atomically and durably
-        (:mod:`vggt_core.atomic_files`): a reader never sees half a file.
-        """
-        arrays: dict[str, np.ndarray] = {_FORMAT_KEY: np.array(FILE_FORMAT_VERSION)}
-        for name, _, _ in _ARRAY_FIELDS:
-            value = getattr(self, name)
-            if value is not None and name != "points_from_depth":
-                arrays[name] = _to_stored_precision(name, value)
-        arrays["frame_names"] = np.array(self.frame_names, dtype=np.str_)
-        arrays[_INFO_KEY] = np.array(json.dumps(self.info, allow_nan=False), dtype=np.str_)
-        if hasattr(path, "write"):
-            np.savez(path, **arrays)
-            return None
-        target = Path(path)
-        with atomic_writer(target) as handle:
-            np.savez(handle, **arrays)
-        return target
+        return save_reconstruction(self, path)
 
     def at_stored_precision(self) -> Reconstruction:
         """A copy whose arrays hold exactly what :meth:`save` then :meth:`load` give back
         (confidences rounded through float16), so a scene shown before and after a reload is
         the same scene."""
-        changes = {name: _to_stored_precision(name, getattr(self, name)).astype(np.float32)
-                   for name in _STORED_DTYPES if getattr(self, name) is not None}
-        return dataclasses.replace(self, **changes)
+        from .reconstruction_file import at_stored_precision
+
+        return at_stored_precision(self)
 
     @classmethod
     def load(cls, path: str | os.PathLike | BinaryIO) -> Reconstruction:
-        """Read a file written by :meth:`save` (a path or an open binary file).
+        """Read a file written by :meth:`save` (a path or an open binary file); see
+        :func:`vggt_core.reconstruction_file.load_reconstruction`.
 
         Raises:
             InputError: the file is missing, not an npz, corrupt, holds pickled objects, lacks a
                 required array or has inconsistent shapes.
         """
-        label = getattr(path, "name", None) if hasattr(path, "read") else Path(path).name
-        label = Path(str(label)).name if label else "reconstruction file"
-        try:
-            with np.load(path, allow_pickle=False) as archive:
-                contents = {key: archive[key] for key in archive.files}
-        except FileNotFoundError as error:
-            raise InputError(f"Reconstruction file {label} does not exist") from error
-        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as error:
-            # ValueError also covers object arrays, which would need pickle.
-            raise InputError(f"{label} is not a readable reconstruction file ({error})") from error
-        return cls._from_arrays(contents, label)
+        from .reconstruction_file import load_reconstruction
+
+        return load_reconstruction(path)
 
     @classmethod
     def from_bytes(cls, data: bytes, label: str = "reconstruction file") -> Reconstruction:
@@ -402,69 +368,6 @@ class Reconstruction:
         buffer = io.BytesIO(data)
         buffer.name = label
         return cls.load(buffer)
-
-    @classmethod
-    def _from_arrays(cls, contents: Mapping[str, np.ndarray], label: str) -> Reconstruction:
-        if _FORMAT_KEY not in contents:
-            raise InputError(f"{label} is not a reconstruction file (no format version)")
-        try:
-            version = int(np.asarray(contents[_FORMAT_KEY]))
-        except (TypeError, ValueError) as error:
-            raise InputError(f"{label} has an unreadable format version") from error
-        if version > FILE_FORMAT_VERSION:
-            raise InputError(f"{label} was written by a newer version (format {version})")
-        kwargs: dict[str, Any] = {}
-        for name, _, optional in _ARRAY_FIELDS:
-            if name in contents:
-                kwargs[name] = contents[name]
-            elif not optional:
-                raise InputError(f"{label} lacks the array {name!r}")
-        if "frame_names" not in contents or contents["frame_names"].dtype.kind != "U":
-            raise InputError(f"{label} lacks the frame names")
-        kwargs["frame_names"] = contents["frame_names"].tolist()
-        if _INFO_KEY in contents:
-            info_text = contents[_INFO_KEY]
-            try:
-                info = json.loads(str(info_text)) if info_text.dtype.kind == "U" else None
-            except ValueError:
-                info = None
-            if not isinstance(info, dict):
-                raise InputError(f"{label} has unreadable scene information")
-            kwargs["info"] = info
-        for name, dtype, _ in _ARRAY_FIELDS:
-            value = kwargs.get(name)
-            if value is not None and name in _STORED_DTYPES and value.dtype == np.dtype(_STORED_DTYPES[name]):
-                kwargs[name] = value = value.astype(dtype)
-            # Casting silently would hide a file written by something else; refuse instead.
-            if value is not None and value.dtype != np.dtype(dtype):
-                raise InputError(f"{label}: {name} has dtype {value.dtype}, expected {np.dtype(dtype)}")
-        if kwargs.get("points_from_depth") is None:
-            kwargs["points_from_depth"] = _points_from_depth_of_arrays(kwargs, label)
-        try:
-            return cls(**kwargs)
-        except InputError as error:
-            raise InputError(f"{label} is inconsistent: {error}") from error
-
-
-def _to_stored_precision(name: str, value: np.ndarray) -> np.ndarray:
-    """``value`` in the dtype :meth:`Reconstruction.save` writes for field ``name``."""
-    stored = _STORED_DTYPES.get(name)
-    if stored is None:
-        return value
-    # Beyond float16's range a confidence would become inf; the largest finite value still
-    # ranks above every other.
-    return np.clip(value, -_FLOAT16_MAX, _FLOAT16_MAX).astype(stored)
-
-
-def _points_from_depth_of_arrays(kwargs: Mapping[str, Any], label: str) -> np.ndarray:
-    """The depth branch's points recomputed from the loaded depth and cameras."""
-    try:
-        depth = np.asarray(kwargs["depth"], dtype=np.float32)
-        extrinsics = np.asarray(kwargs["extrinsics"], dtype=np.float32)
-        intrinsics = np.asarray(kwargs["intrinsics"], dtype=np.float32)
-        return unproject_depth_maps_in_frame_chunks(depth, extrinsics, intrinsics)
-    except (KeyError, ValueError, IndexError, RuntimeError) as error:  # shapes that do not fit
-        raise InputError(f"{label} is inconsistent: {error}") from error
 
 
 # The old private name, still imported by benchmarks and older tests.
