@@ -26,7 +26,8 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from vggt_core.reconstruction import Reconstruction, _unproject_in_chunks  # noqa: E402
+from vggt_core.geometry import unproject_depth_maps_in_frame_chunks  # noqa: E402
+from vggt_core.reconstruction import Reconstruction  # noqa: E402
 
 
 def realistic_arrays(num_frames: int, height: int, width: int) -> dict[str, np.ndarray]:
@@ -41,7 +42,7 @@ def realistic_arrays(num_frames: int, height: int, width: int) -> dict[str, np.n
     depth = (base + rng.normal(0, 1e-3, shape)).astype(np.float32)
     stripes = ((np.sin(cols / 7.0 + rows / 11.0) + 1) * 100)[None, ..., None]
     images = np.clip(stripes + rng.normal(0, 6, shape + (3,)), 0, 255).astype(np.uint8)
-    points = _unproject_in_chunks(depth, extrinsics, intrinsics)
+    points = unproject_depth_maps_in_frame_chunks(depth, extrinsics, intrinsics)
     return {
         "images": images, "extrinsics": extrinsics, "intrinsics": intrinsics, "depth": depth,
         "depth_conf": (1 + np.exp(rng.normal(1, 1, shape))).astype(np.float32),
@@ -74,8 +75,8 @@ def load_zip(path: Path, recompute_points: bool) -> dict[str, np.ndarray]:
     for name in ("depth_conf", "world_points_conf"):
         arrays[name] = arrays[name].astype(np.float32)
     if recompute_points:
-        arrays["points_from_depth"] = _unproject_in_chunks(arrays["depth"], arrays["extrinsics"],
-                                                           arrays["intrinsics"])
+        arrays["points_from_depth"] = unproject_depth_maps_in_frame_chunks(
+            arrays["depth"], arrays["extrinsics"], arrays["intrinsics"])
     return arrays
 
 

@@ -37,7 +37,7 @@ def test_focal_scale_sky_and_depth_maps(tmp_path, checkpoint):  # noqa: F811
     np.testing.assert_allclose(recon.intrinsics_at_original_resolution()[:, 0, 0], 30 * 140 / 43.267, rtol=1e-4)
     assert distance_between_photo_pixels(recon, (0, 30, 40), (1, 80, 50)) == pytest.approx(2.5, rel=1e-4)
     assert recon.sky_mask is not None and recon.sky_mask.shape == recon.depth.shape
-    assert np.load(out / "depth_maps" / "000_depth.npy").shape == (84, 112)
+    assert np.load(out / "depth_maps" / "000_000_depth.npy").shape == (84, 112)
     assert json.loads((out / "depth_maps" / "depth_scale.json").read_text())["units"] == "m"
     assert b"comment units m" in (out / "points.ply").read_bytes()[:300]
 

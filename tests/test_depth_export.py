@@ -69,11 +69,12 @@ def test_export_all_writes_and_zips_the_depth_maps(tmp_path):
     recon = reconstruction_of_photos(tmp_path, "crop").scaled(2.0, units="m")
     written = export_all(recon, tmp_path / "all", formats=("depth",))
     names = sorted(p.name for p in written["depth"].iterdir())
-    assert names == ["depth_scale.json", "photo_0_confidence.npy", "photo_0_depth.npy", "photo_0_depth.png",
-                     "photo_1_confidence.npy", "photo_1_depth.npy", "photo_1_depth.png"]
+    assert names == ["000_photo_0_confidence.npy", "000_photo_0_depth.npy", "000_photo_0_depth.png",
+                     "001_photo_1_confidence.npy", "001_photo_1_depth.npy", "001_photo_1_depth.png",
+                     "depth_scale.json"]
     assert written["depth_zip"].is_file()
     assert json.loads((written["depth"] / "depth_scale.json").read_text())["units"] == "m"
 
 
 def test_file_stems_are_safe_and_unique():
-    assert frame_file_stems(["a.jpg", "a.png", "../x y.jpg", ".."]) == ["a", "a_1", "x_y", "frame"]
+    assert frame_file_stems(["a.jpg", "a.png", "../x y.jpg", ".."]) == ["000_a", "001_a", "002_x_y", "003_frame"]

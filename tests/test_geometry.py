@@ -352,3 +352,17 @@ def test_project_points_torch_broadcasts_batch_of_cameras():
     pixels, depth = project_points(points, extrinsics, intrinsics)
     assert isinstance(pixels, torch.Tensor) and pixels.shape == (2, 3, 5, 2)
     torch.testing.assert_close(depth, points[..., 2].expand(2, 3, 5))
+
+
+def test_chunked_unprojection_is_the_plain_one_in_float32():
+    from vggt_core.geometry import unproject_depth_map_to_world_points, unproject_depth_maps_in_frame_chunks
+
+    rng = np.random.default_rng(7)
+    depth = rng.uniform(0.5, 4.0, (5, 6, 7)).astype(np.float32)
+    rotations = quaternion_to_rotation_matrix(rng.normal(size=(5, 4)))
+    extrinsics = np.concatenate([rotations, rng.normal(size=(5, 3, 1))], axis=2).astype(np.float32)
+    intrinsics = np.tile(np.array([[8.0, 0.0, 3.5], [0.0, 9.0, 3.0], [0.0, 0.0, 1.0]], np.float32), (5, 1, 1))
+    chunked = unproject_depth_maps_in_frame_chunks(depth, extrinsics, intrinsics, frames_per_chunk=2)
+    assert chunked.dtype == np.float32 and chunked.shape == (5, 6, 7, 3)
+    np.testing.assert_array_equal(chunked, unproject_depth_map_to_world_points(depth, extrinsics, intrinsics)
+                                  .astype(np.float32))

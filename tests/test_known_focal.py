@@ -37,10 +37,11 @@ def mispredicted(truth) -> Reconstruction:
     intrinsics = truth.intrinsics.copy()
     intrinsics[:, 0, 0] *= 1.3
     intrinsics[:, 1, 1] *= 1.3
-    from vggt_core.reconstruction import _unproject_in_chunks
+    from vggt_core.geometry import unproject_depth_maps_in_frame_chunks
 
+    points = unproject_depth_maps_in_frame_chunks(truth.depth, truth.extrinsics, intrinsics)
     return dataclasses.replace(truth, intrinsics=intrinsics, frame_names=list(truth.frame_names),
-                               points_from_depth=_unproject_in_chunks(truth.depth, truth.extrinsics, intrinsics))
+                               points_from_depth=points)
 
 
 def true_photo_focal(truth) -> float:

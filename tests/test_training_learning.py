@@ -20,7 +20,9 @@ from vggt_core.training.trainer import Trainer, TrainingSettings
 
 WIDTH = 56
 LEARNING_STEPS = 30
-REQUIRED_DROP = 4.0  # measured ~5.9 with these settings
+# Measured ~3.1 with these settings from random-tiny's weights (seed 0, the app's; the drop
+# depends on the initial weights: seeds 1, 2, 3 and 42 give 2.9, 5.0, 3.3 and 5.9).
+REQUIRED_DROP = 2.0
 
 
 @pytest.fixture(scope="module", autouse=True)

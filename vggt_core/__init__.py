@@ -2,7 +2,8 @@
 
 Layers, from the bottom: ``config`` and ``model`` (pure PyTorch network), ``geometry``
 (cameras and points), ``weights`` (checkpoint loading), ``images``/``video`` (input),
-``reconstruction`` (model run -> Reconstruction), ``pipeline`` (files -> Reconstruction),
+``reconstruction`` (the Reconstruction type and file), ``inference`` (model run ->
+Reconstruction), ``pipeline`` (files -> Reconstruction), ``progress`` (progress callbacks),
 ``filtering``, ``export``, ``depth_maps``, ``store`` (reconstructions under share ids); ``scale``,
 ``exif``, ``intrinsics`` and ``sky`` (real-world scale, known focal lengths, sky masks);
 ``tracks`` and ``bundle_adjustment`` (point tracks from several frames, refined cameras).
@@ -14,14 +15,17 @@ from .config import VGGTConfig
 from .errors import FrameLimitError, InputError, WeightsUnavailableError
 from .exif import exif_focal_length_px
 from .filtering import ViewSettings, select_points
+from .frame_names import export_frame_file_name
 from .images import FrameTransform, load_images
+from .inference import reconstruct
 from .model import VGGT
 from .pipeline import gather_input_frames, reconstruct_frames
-from .reconstruction import Reconstruction, reconstruct
+from .progress import ProgressCallback, ProgressRange
+from .reconstruction import Reconstruction
 from .scale import scale_from_known_distance
 from .tracks import TrackQueries, choose_query_points, track_reconstruction
 from .video import extract_frames
-from .weights import DEFAULT_CHECKPOINT, RANDOM_TINY_CHECKPOINT, load_model, resolve_device
+from .weights import DEFAULT_CHECKPOINT, RANDOM_TINY_CHECKPOINT, load_model, resolve_device, resolve_model_config
 
 __all__ = [
     "DEFAULT_CHECKPOINT", "FrameLimitError", "FrameTransform", "InputError", "Reconstruction", "VGGT",
@@ -30,4 +34,5 @@ __all__ = [
     "synthetic", "exif_focal_length_px", "scale_from_known_distance",
     "BundleAdjustmentReport", "BundleAdjustmentResult", "TrackQueries", "bundle_adjust", "choose_query_points",
     "track_reconstruction",
+    "ProgressCallback", "ProgressRange", "RANDOM_TINY_CHECKPOINT", "export_frame_file_name", "resolve_model_config",
 ]

@@ -17,7 +17,8 @@ from typing import Any, Callable
 import numpy as np
 
 from .errors import InputError
-from .reconstruction import Reconstruction, _unproject_in_chunks
+from .geometry import unproject_depth_maps_in_frame_chunks
+from .reconstruction import Reconstruction
 
 __all__ = ["BundleAdjustmentReport", "BundleAdjustmentResult", "CAMERA_MODELS", "bundle_adjust",
            "triangulate_tracks", "with_triangulated_tracks"]
@@ -445,7 +446,7 @@ def bundle_adjust(recon: Reconstruction, *, max_reprojection_error: float = 8.0,
     info = {**recon.info, "cameras_refined": True, "bundle_adjustment": report.as_dict()}
     refined = dataclasses.replace(
         recon, extrinsics=extrinsics32, intrinsics=intrinsics32,
-        points_from_depth=_unproject_in_chunks(recon.depth, extrinsics32, intrinsics32),
+        points_from_depth=unproject_depth_maps_in_frame_chunks(recon.depth, extrinsics32, intrinsics32),
         frame_names=list(recon.frame_names), info=info,
         sparse_points=refined_points.astype(np.float32), sparse_point_colors=_point_colors(recon, used, inliers),
         sparse_point_tracks=used.astype(np.int64), sparse_observations=observations)

@@ -1,4 +1,4 @@
-"""Command line: ``python -m vggt_core reconstruct INPUT... --out DIR`` and ``finetune``."""
+"""Command line: ``vggt reconstruct INPUT... --out DIR`` and ``vggt finetune`` (also ``python -m vggt_core``)."""
 
 from __future__ import annotations
 
@@ -9,16 +9,18 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from .config import (DEFAULT_EXPORT_FORMATS, DEFAULT_FRAMES_CHUNK_SIZE, DEFAULT_MAX_QUERY_POINTS,
-                     DEFAULT_NUM_QUERY_FRAMES, EXPORT_FORMATS, QUERY_POINT_METHODS, VGGTConfig)
+from .config import (DEFAULT_FRAMES_CHUNK_SIZE, DEFAULT_MAX_QUERY_POINTS, DEFAULT_NUM_QUERY_FRAMES,
+                     QUERY_POINT_METHODS, VGGTConfig)
 from .errors import InputError, WeightsUnavailableError
+from .export.registry import EXPORTERS, default_export_formats, export_formats, parse_export_formats
+from .progress import ProgressRange
 from .scale import LENGTH_UNITS
 from .sky import DEFAULT_SKY_MODEL
-from .weights import DEFAULT_CHECKPOINT
+from .weights import DEFAULT_CHECKPOINT, RANDOM_TINY_CHECKPOINT
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m vggt_core",
+    parser = argparse.ArgumentParser(prog="vggt",
                                      description="3-D reconstruction from photos or a video with VGGT.")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser(
@@ -28,8 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders of images, or a video")
     run.add_argument("--out", required=True, type=Path, help="output folder (created if missing)")
     run.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT,
-                     help="Hugging Face repo id, or a local .pt/.pth/.safetensors file or folder "
-                          f"(default: {DEFAULT_CHECKPOINT})")
+                     help="Hugging Face repo id, a local .pt/.pth/.safetensors file or folder, or "
+                          f"{RANDOM_TINY_CHECKPOINT!r} (an untrained tiny model: meaningless results, for trying "
+                          f"the tools out) (default: {DEFAULT_CHECKPOINT})")
     run.add_argument("--config", type=Path, default=None,
                      help="model config JSON (default: config.json beside the checkpoint, else VGGT-1B)")
     run.add_argument("--device", default=None, help="cuda, cuda:1, mps or cpu (default: best available)")
@@ -39,10 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--fps", type=float, default=1.0, help="frames per second sampled from a video (default: 1)")
     run.add_argument("--max-frames", type=int, default=None,
                      help="most frames to reconstruct; videos are thinned evenly to fit (default: no limit)")
-    run.add_argument("--export", default=",".join(DEFAULT_EXPORT_FORMATS),
-                     help=f"comma-separated formats from {','.join(EXPORT_FORMATS)} (default: "
-                          f"{','.join(DEFAULT_EXPORT_FORMATS)}); nerfstudio: transforms.json with the photos; "
-                          "splatting: a zip of images/ + sparse/0/ for Gaussian-splatting trainers")
+    run.add_argument("--export", default=",".join(default_export_formats()),
+                     help=f"comma-separated formats from {','.join(export_formats())} (default: "
+                          f"{','.join(default_export_formats())}); "
+                          + "; ".join(f"{exporter.name}: {exporter.description}" for exporter in EXPORTERS.values()))
     run.add_argument("--colmap-format", choices=("bin", "txt"), default="bin",
                      help="COLMAP model as binary .bin files or text .txt files (default: bin)")
     run.add_argument("--conf", type=float, default=50.0,
@@ -156,27 +159,21 @@ def track_and_refine(model, recon, args: argparse.Namespace, progress):
     """
     from .tracks import track_reconstruction
 
-    def tracking_progress(fraction: float, message: str) -> None:
-        progress(0.9 + 0.03 * fraction, message)
-
     recon = track_reconstruction(model, recon, num_query_frames=args.query_frames,
                                  max_query_points=args.max_query_points, method=args.query_method,
-                                 frames_chunk_size=args.frames_chunk_size, progress=tracking_progress)
+                                 frames_chunk_size=args.frames_chunk_size, progress=ProgressRange(progress, 0.9, 0.93))
     if not args.bundle_adjust:
         return recon, None
     from .bundle_adjustment import bundle_adjust
 
     result = bundle_adjust(recon, shared_camera=args.shared_camera,
-                           progress=lambda fraction, message: progress(0.93 + 0.02 * fraction, message))
+                           progress=ProgressRange(progress, 0.93, 0.95))
     return result.reconstruction, result.report
 
 
 def parse_formats(text: str) -> list[str]:
-    formats = [item.strip().lower() for item in text.split(",") if item.strip()]
-    unknown = [item for item in formats if item not in EXPORT_FORMATS]
-    if unknown or not formats:
-        raise InputError(f"unknown export format(s) {unknown or text!r}; choose from {','.join(EXPORT_FORMATS)}")
-    return formats
+    """``--export``'s value as format names of the registry (``InputError`` for unknown ones)."""
+    return parse_export_formats(text)
 
 
 def run_reconstruct(args: argparse.Namespace) -> int:
@@ -201,11 +198,8 @@ def run_reconstruct(args: argparse.Namespace) -> int:
         config = VGGTConfig.from_json(args.config) if args.config else None
         model = load_model(args.checkpoint, config=config, device=args.device)
 
-        def model_progress(fraction: float, message: str) -> None:
-            progress(0.1 + 0.8 * fraction, message)
-
         recon = reconstruct_frames(model, frames, mode=args.mode, frames_chunk_size=args.frames_chunk_size,
-                                   progress=model_progress)
+                                   progress=ProgressRange(progress, 0.1, 0.9))
         recon = adjust_scene(recon, args)
         refinement = None
         if args.tracks or args.bundle_adjust:

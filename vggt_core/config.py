@@ -28,17 +28,23 @@ DPT_HEAD_HIDDEN = 32  # width of the dense heads' output_conv2 hidden layer
 DPT_POS_EMBED_RATIO = 0.1
 DEFAULT_FRAMES_CHUNK_SIZE = 8
 
-# What a reconstruction can be written as (vggt_core.export); here so that the CLI can list
-# them without importing the exporters.
-EXPORT_FORMATS = ("glb", "ply", "colmap", "npz", "depth", "nerfstudio", "splatting")
 # Point tracks (vggt_core.tracks): query frames spread over the sequence, points in total, and
 # how query points are picked.
 DEFAULT_NUM_QUERY_FRAMES = 4
 DEFAULT_MAX_QUERY_POINTS = 4096
 QUERY_POINT_METHODS = ("grid", "sift")
 
-# Written when no formats are named: the bundles with photos at full resolution are opt-in.
-DEFAULT_EXPORT_FORMATS = ("glb", "ply", "colmap", "npz", "depth")
+
+
+def __getattr__(name: str) -> Any:
+    # EXPORT_FORMATS and DEFAULT_EXPORT_FORMATS used to be listed here; the export registry
+    # (vggt_core.export.registry, which imports no exporter) is now their one source. Looked up
+    # on use, so that this bottom module does not import the registry when it is loaded.
+    if name in ("EXPORT_FORMATS", "DEFAULT_EXPORT_FORMATS"):
+        from .export import registry
+
+        return registry.export_formats() if name == "EXPORT_FORMATS" else registry.default_export_formats()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass

@@ -6,6 +6,7 @@ re-filters tens of millions of pixels in well under a second without touching th
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
@@ -82,7 +83,9 @@ class PointSelection:
         confidence: ``[N]`` float32.
         frame_indices: ``[N]`` int32 frame each point came from.
         pixel_indices: ``[N]`` int64 flat pixel index ``row·W + column`` within its frame.
-        threshold: the confidence threshold actually applied (the percentile's value).
+        min_confidence: the lowest confidence a point needed, an absolute confidence value (the
+            value ``ViewSettings.confidence_threshold`` stands for: its percentile's value, or
+            itself when it is not a percentile). ``threshold`` is its old, read-only name.
         branch: the branch actually used (``"depth"`` after a fallback).
         num_before_cap: how many points passed the filters before ``max_points`` thinned them.
     """
@@ -92,13 +95,28 @@ class PointSelection:
     confidence: np.ndarray
     frame_indices: np.ndarray
     pixel_indices: np.ndarray
-    threshold: float
+    min_confidence: float
     branch: str
     num_before_cap: int
 
     @property
     def num_points(self) -> int:
         return int(self.points.shape[0])
+
+    @property
+    def threshold(self) -> float:
+        """The old name of :attr:`min_confidence` (read-only)."""
+        return self.min_confidence
+
+    def thinned(self, max_points: int | None) -> PointSelection:
+        """At most ``max_points`` of these points, evenly strided as ``ViewSettings.max_points``
+        thins (this selection itself when it is small enough)."""
+        subset = evenly_spaced_subset(self.num_points, max_points)
+        if subset is None:
+            return self
+        return dataclasses.replace(self, points=self.points[subset], colors=self.colors[subset],
+                                   confidence=self.confidence[subset], frame_indices=self.frame_indices[subset],
+                                   pixel_indices=self.pixel_indices[subset])
 
 
 def evenly_spaced_subset(count: int, limit: int | None) -> np.ndarray | None:
@@ -146,12 +164,12 @@ def select_points(recon: Reconstruction, settings: ViewSettings = ViewSettings()
     colors = recon.images[frame_slice].reshape(-1, 3)
 
     if settings.threshold_is_percentile:
-        threshold = (0.0 if settings.confidence_threshold == 0
-                     else float(np.percentile(confidence, settings.confidence_threshold)))
+        min_confidence = (0.0 if settings.confidence_threshold == 0
+                          else float(np.percentile(confidence, settings.confidence_threshold)))
     else:
-        threshold = float(settings.confidence_threshold)
+        min_confidence = float(settings.confidence_threshold)
     # A Python float compares in the array's dtype (NEP 50), so a float32 percentile round-trips.
-    keep = confidence >= threshold
+    keep = confidence >= min_confidence
     keep &= confidence > _MIN_CONFIDENCE
     # Per-channel column operations: reductions over a length-3 axis are several times slower.
     red, green, blue = colors[:, 0], colors[:, 1], colors[:, 2]
@@ -185,7 +203,7 @@ def select_points(recon: Reconstruction, settings: ViewSettings = ViewSettings()
         confidence=confidence[kept].astype(np.float32, copy=False),
         frame_indices=frames[frame_positions].astype(np.int32),
         pixel_indices=pixel_indices.astype(np.int64, copy=False),
-        threshold=threshold,
+        min_confidence=min_confidence,
         branch=branch,
         num_before_cap=num_before_cap,
     )

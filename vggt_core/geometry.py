@@ -33,6 +33,7 @@ __all__ = [
     "extrinsics_to_4x4",
     "project_points",
     "unproject_depth_map_to_world_points",
+    "unproject_depth_maps_in_frame_chunks",
     "camera_centers",
 ]
 
@@ -412,3 +413,31 @@ def unproject_depth_map_to_world_points(
         camera_points.shape[:-3] + (height * width, 3))
     world_points = (offsets @ rotation).reshape(camera_points.shape)
     return _like_input(world_points, depth)
+
+
+# Unprojecting a few frames at a time bounds the float64 intermediates of the reference-exact
+# unprojection (3 × [S, H, W, 3] float64) for long videos.
+UNPROJECT_FRAMES_PER_CHUNK = 16
+
+
+def unproject_depth_maps_in_frame_chunks(depth: np.ndarray, extrinsics: np.ndarray, intrinsics: np.ndarray, *,
+                                         frames_per_chunk: int = UNPROJECT_FRAMES_PER_CHUNK) -> np.ndarray:
+    """:func:`unproject_depth_map_to_world_points` of numpy arrays, ``frames_per_chunk`` frames at a
+    time, stored as float32: the same numbers with a bounded float64 working set.
+
+    Args:
+        depth: ``[S, H, W]`` z-depth.
+        extrinsics: ``[S, 3, 4]`` world-to-camera.
+        intrinsics: ``[S, 3, 3]`` with zero skew.
+        frames_per_chunk: frames unprojected at once (>= 1).
+
+    Returns:
+        ``[S, H, W, 3]`` float32 world points (NumPy).
+    """
+    if frames_per_chunk < 1:
+        raise ValueError(f"frames_per_chunk must be >= 1, got {frames_per_chunk}")
+    points = np.empty(np.shape(depth) + (3,), dtype=np.float32)
+    for start in range(0, points.shape[0], frames_per_chunk):
+        chunk = slice(start, start + frames_per_chunk)
+        points[chunk] = unproject_depth_map_to_world_points(depth[chunk], extrinsics[chunk], intrinsics[chunk])
+    return points

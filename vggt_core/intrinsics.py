@@ -19,7 +19,8 @@ import numpy as np
 
 from .errors import InputError
 from .exif import focal_length_px_from_35mm
-from .reconstruction import Reconstruction, _unproject_in_chunks
+from .geometry import unproject_depth_maps_in_frame_chunks
+from .reconstruction import Reconstruction
 
 __all__ = ["INTRINSICS_SOURCES", "FOCAL_UNITS", "intrinsics_for_focal_lengths", "with_known_focal_lengths",
            "with_predicted_intrinsics", "apply_camera_choice", "predicted_focal_lengths_px",
@@ -58,7 +59,7 @@ def with_predicted_intrinsics(recon: Reconstruction) -> Reconstruction:
     info.pop("known_focal_length_px", None)
     return dataclasses.replace(
         recon, intrinsics=recon.predicted_intrinsics, predicted_intrinsics=None, frame_names=list(recon.frame_names),
-        points_from_depth=_unproject_in_chunks(recon.depth, recon.extrinsics, recon.predicted_intrinsics),
+        points_from_depth=unproject_depth_maps_in_frame_chunks(recon.depth, recon.extrinsics, recon.predicted_intrinsics),
         info=info)
 
 
@@ -81,7 +82,7 @@ def with_known_focal_lengths(recon: Reconstruction, focal_lengths_px: Sequence[f
             "known_focal_length_px": [round(float(f), 4) for f in focal_lengths_px]}
     return dataclasses.replace(
         recon, intrinsics=intrinsics, predicted_intrinsics=predicted.copy(), frame_names=list(recon.frame_names),
-        points_from_depth=_unproject_in_chunks(recon.depth, recon.extrinsics, intrinsics), info=info)
+        points_from_depth=unproject_depth_maps_in_frame_chunks(recon.depth, recon.extrinsics, intrinsics), info=info)
 
 
 def apply_camera_choice(recon: Reconstruction, choice: str, focal: float | None = None,

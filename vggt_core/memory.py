@@ -4,9 +4,16 @@ The estimate counts what the lean forward keeps alive: the weights, the aggregat
 the heads read (float32), the largest transient working set (one attention/MLP step of the
 backbone, or one chunk of full-resolution DPT maps) and the outputs. It is deliberately
 pessimistic (``SAFETY_FACTOR``) because the caching allocator fragments memory.
+
+Every function takes the model's :class:`~vggt_core.config.VGGTConfig`; before a model is loaded,
+:func:`vggt_core.weights.resolve_model_config` gives the config of a checkpoint, and
+:func:`vggt_core.pipeline.estimate_memory_for_checkpoint` combines the two for input frames.
 """
 
 from __future__ import annotations
+
+import functools
+import json
 
 from .config import DEFAULT_FRAMES_CHUNK_SIZE, VGGTConfig
 
@@ -15,12 +22,19 @@ FLOAT32_BYTES = 4
 
 
 def parameter_count(config: VGGTConfig) -> int:
+    """Parameters of a VGGT of ``config``, counted on the meta device (no memory) and remembered
+    per architecture: counting VGGT-1B takes about a second, and the estimate is asked often."""
+    return _parameter_count_of_config_json(json.dumps(config.to_dict(), sort_keys=True))
+
+
+@functools.lru_cache(maxsize=8)
+def _parameter_count_of_config_json(config_json: str) -> int:
     import torch
 
     from .model import VGGT
 
     with torch.device("meta"):
-        return sum(p.numel() for p in VGGT(config).parameters())
+        return sum(p.numel() for p in VGGT(VGGTConfig.from_dict(json.loads(config_json))).parameters())
 
 
 def estimate_peak_memory_bytes(config: VGGTConfig, num_frames: int, height: int, width: int, *,

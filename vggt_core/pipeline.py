@@ -8,22 +8,22 @@ memory, runs the model and returns a :class:`~vggt_core.reconstruction.Reconstru
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from PIL import Image
 
-from .config import DEFAULT_FRAMES_CHUNK_SIZE
+from .config import DEFAULT_FRAMES_CHUNK_SIZE, VGGTConfig
 from .errors import FrameLimitError, InputError
 from .exif import exif_focal_length_px, shown_size
 from .images import IMAGE_EXTENSIONS, list_image_files, load_images, model_input_size
-from .memory import estimate_peak_memory_bytes, max_frames_for_memory
-from .reconstruction import Reconstruction, reconstruct
+from .memory import estimate_peak_memory_bytes, max_frames_for_memory, parameter_count
+from .inference import reconstruct
+from .progress import ProgressCallback, ProgressRange, ignore_progress
+from .reconstruction import Reconstruction
 from .video import VIDEO_EXTENSIONS, extract_frames
-
-ProgressCallback = Callable[[float, str], None]
 GIB = 2 ** 30
 
 
@@ -131,7 +131,7 @@ class MemoryEstimate:
     max_frames: int | None
 
 
-def estimate_memory(config, num_frames: int, height: int, width: int, device: torch.device, *,
+def estimate_memory(config: VGGTConfig, num_frames: int, height: int, width: int, device: torch.device, *,
                     frames_chunk_size: int = DEFAULT_FRAMES_CHUNK_SIZE, weight_bytes: int = 4,
                     resident_weight_bytes: int = 0, num_parameters: int | None = None) -> MemoryEstimate:
     """The one estimate behind both the out-of-memory guard and the app's preview (before any
@@ -148,7 +148,7 @@ def estimate_memory(config, num_frames: int, height: int, width: int, device: to
     return MemoryEstimate(num_frames, height, width, str(device), needed, available, fits, max_frames)
 
 
-def estimate_memory_of_frames(config, frames: Sequence[InputFrame], device: torch.device, *,
+def estimate_memory_of_frames(config: VGGTConfig, frames: Sequence[InputFrame], device: torch.device, *,
                               mode: str = "crop", frames_chunk_size: int = DEFAULT_FRAMES_CHUNK_SIZE,
                               num_parameters: int | None = None) -> MemoryEstimate:
     """:func:`estimate_memory` for input frames, reading only the photos' headers."""
@@ -160,6 +160,19 @@ def estimate_memory_of_frames(config, frames: Sequence[InputFrame], device: torc
     height, width = model_input_size(sizes, mode)
     return estimate_memory(config, len(frames), height, width, device, frames_chunk_size=frames_chunk_size,
                            num_parameters=num_parameters)
+
+
+def estimate_memory_for_checkpoint(checkpoint: str | os.PathLike, frames: Sequence[InputFrame],
+                                   device: torch.device, *, config: VGGTConfig | None = None, mode: str = "crop",
+                                   frames_chunk_size: int = DEFAULT_FRAMES_CHUNK_SIZE) -> MemoryEstimate:
+    """:func:`estimate_memory_of_frames` for the architecture of ``checkpoint`` (a Hub id, a local
+    file or folder, or ``random-tiny``; ``config`` overrides it as in ``load_model``), before its
+    weights are loaded: see :func:`vggt_core.weights.resolve_model_config`."""
+    from .weights import resolve_model_config
+
+    model_config = resolve_model_config(checkpoint, config)
+    return estimate_memory_of_frames(model_config, frames, device, mode=mode, frames_chunk_size=frames_chunk_size,
+                                     num_parameters=parameter_count(model_config))
 
 
 def check_frames_fit_in_memory(model: torch.nn.Module, num_frames: int, height: int, width: int,
@@ -271,13 +284,10 @@ def reconstruct_frames(model: torch.nn.Module, frames: Sequence[InputFrame], *, 
     Raises ``InputError`` for unusable images and ``FrameLimitError`` when the frames do not fit
     in the device's memory; its message says how many frames would fit.
     """
-    report = progress if progress is not None else (lambda fraction, message: None)
+    report = progress if progress is not None else ignore_progress
     if not frames:
         raise InputError("No frames to reconstruct.")
     report(0.0, f"Preprocessing {len(frames)} frames")
     decoded = decode_frames(frames, mode=mode)
-
-    def model_progress(fraction: float, message: str) -> None:
-        report(0.1 + 0.9 * fraction, message)
-
-    return reconstruct_decoded(model, decoded, frames_chunk_size=frames_chunk_size, progress=model_progress)
+    return reconstruct_decoded(model, decoded, frames_chunk_size=frames_chunk_size,
+                               progress=ProgressRange(report, 0.1, 1.0))

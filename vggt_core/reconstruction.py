@@ -1,9 +1,14 @@
-"""The result of one model run, its file format, and the run itself.
+"""The result of one model run: cameras, depth and points as numpy arrays.
 
 A :class:`Reconstruction` holds everything the viewers and exporters need, as CPU numpy arrays,
 so that changing a display setting never re-runs the model (the reference demo keeps a
 ``predictions.npz`` for the same reason). It is saved as one ``.npz`` that is read
-back without pickle: an uploaded or stale file can never execute code.
+back without pickle (:mod:`vggt_core.reconstruction_file`): an uploaded or stale file can never
+execute code.
+
+The model run that makes one is :func:`vggt_core.inference.reconstruct`; a ground-truth one of
+a synthetic scene is :func:`vggt_core.synthetic.reconstruction_from_synthetic_scene`. Both are
+re-exported here under their old names.
 """
 
 from __future__ import annotations
@@ -12,19 +17,16 @@ import dataclasses
 import io
 import json
 import os
-import zipfile
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Mapping, Sequence
+from typing import Any, BinaryIO
 
 import numpy as np
-import torch
 
-from . import geometry
-from .atomic_files import atomic_writer
 from .errors import InputError
+from .geometry import unproject_depth_maps_in_frame_chunks
 from .images import FrameTransform
+from .progress import ProgressCallback
 
 __all__ = [
     "Reconstruction",
@@ -34,15 +36,29 @@ __all__ = [
     "FILE_FORMAT_VERSION",
 ]
 
-ProgressCallback = Callable[[float, str], None]
 
-# Version 1: the arrays below up to track_confidence. Version 2 adds the optional fields after it
-# and the ``info`` JSON; version-1 files still load (the new fields are then absent).
-FILE_FORMAT_VERSION = 2
-_FORMAT_KEY = "__format_version__"
-_INFO_KEY = "__info_json__"
+def __getattr__(name: str) -> Any:
+    # The model run, the synthetic ground truth and the file format build Reconstructions, so
+    # they import this module; importing them lazily keeps their old home working without an
+    # import cycle.
+    if name == "reconstruct":
+        from .inference import reconstruct
 
-# Stored dtype of every array field; (field name, dtype, may be None).
+        return reconstruct
+    if name == "FILE_FORMAT_VERSION":
+        from .reconstruction_file import FILE_FORMAT_VERSION
+
+        return FILE_FORMAT_VERSION
+    if name == "reconstruction_from_synthetic_scene":
+        from .synthetic import reconstruction_from_synthetic_scene
+
+        return reconstruction_from_synthetic_scene
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+# Every array field with its dtype (arrays are converted to it) and whether it may be None; the
+# file format (vggt_core.reconstruction_file) stores the same fields. Up to track_confidence they
+# were in format version 1; the rest came with version 2.
 _ARRAY_FIELDS: tuple[tuple[str, type, bool], ...] = (
     ("images", np.uint8, False),
     ("extrinsics", np.float32, False),
@@ -61,7 +77,6 @@ _ARRAY_FIELDS: tuple[tuple[str, type, bool], ...] = (
     ("tracks", np.float32, True),
     ("track_visibility", np.float32, True),
     ("track_confidence", np.float32, True),
-    # Version 2.
     ("track_query_frames", np.int64, True),
     ("sky_mask", np.bool_, True),
     ("predicted_intrinsics", np.float32, True),
@@ -70,21 +85,6 @@ _ARRAY_FIELDS: tuple[tuple[str, type, bool], ...] = (
     ("sparse_point_tracks", np.int64, True),
     ("sparse_observations", np.bool_, True),
 )
-
-# Arrays stored at a lower precision than they are used at (see docs/store.md, "What is stored"):
-# confidences only rank and threshold points, and float16 keeps 3 significant digits.
-_STORED_DTYPES: dict[str, type] = {"depth_conf": np.float16, "world_points_conf": np.float16}
-_FLOAT16_MAX = float(np.finfo(np.float16).max)
-
-# Model outputs kept (each [1, S, ...]); anything else it returns (e.g. the input images or
-# the per-iteration pose list) is not needed and not copied.
-_MODEL_OUTPUT_KEYS = ("pose_enc", "depth", "depth_conf", "world_points", "world_points_conf",
-                      "track", "vis", "conf")
-
-# Unprojecting a few frames at a time bounds the float64 intermediates of the reference-exact
-# unprojection (3 × [S, H, W, 3] float64) for long videos.
-_UNPROJECT_FRAMES_PER_CHUNK = 16
-
 
 def _default_frame_names(num_frames: int) -> list[str]:
     return [f"frame_{index:03d}" for index in range(num_frames)]
@@ -335,58 +335,32 @@ class Reconstruction:
     # ----------------------------------------------------------------------------------------
 
     def save(self, path: str | os.PathLike | BinaryIO) -> Path | None:
-        """Write one ``.npz`` at exactly ``path`` (no suffix is appended), or into an open
-        binary file.
+        """Write one ``.npz`` at exactly ``path`` (atomically and durably), or into an open binary
+        file; see :func:`vggt_core.reconstruction_file.save_reconstruction`."""
+        from .reconstruction_file import save_reconstruction
 
-        Fields that are None are simply absent from the file; names are a unicode array, so
-        :meth:`load` needs no pickle. ``points_from_depth`` is left out (:meth:`load` recomputes
-        it) and confidences are stored as float16; the arrays are not compressed, which makes
-        saving 50 frames take under a second instead of ~15 s for 20% fewer bytes
-        (``benchmarks/bench_save.py``). A path is written atomically and durably
-        (:mod:`vggt_core.atomic_files`): a reader never sees half a file.
-        """
-        arrays: dict[str, np.ndarray] = {_FORMAT_KEY: np.array(FILE_FORMAT_VERSION)}
-        for name, _, _ in _ARRAY_FIELDS:
-            value = getattr(self, name)
-            if value is not None and name != "points_from_depth":
-                arrays[name] = _to_stored_precision(name, value)
-        arrays["frame_names"] = np.array(self.frame_names, dtype=np.str_)
-        arrays[_INFO_KEY] = np.array(json.dumps(self.info, allow_nan=False), dtype=np.str_)
-        if hasattr(path, "write"):
-            np.savez(path, **arrays)
-            return None
-        target = Path(path)
-        with atomic_writer(target) as handle:
-            np.savez(handle, **arrays)
-        return target
+        return save_reconstruction(self, path)
 
     def at_stored_precision(self) -> Reconstruction:
         """A copy whose arrays hold exactly what :meth:`save` then :meth:`load` give back
         (confidences rounded through float16), so a scene shown before and after a reload is
         the same scene."""
-        changes = {name: _to_stored_precision(name, getattr(self, name)).astype(np.float32)
-                   for name in _STORED_DTYPES if getattr(self, name) is not None}
-        return dataclasses.replace(self, **changes)
+        from .reconstruction_file import at_stored_precision
+
+        return at_stored_precision(self)
 
     @classmethod
     def load(cls, path: str | os.PathLike | BinaryIO) -> Reconstruction:
-        """Read a file written by :meth:`save` (a path or an open binary file).
+        """Read a file written by :meth:`save` (a path or an open binary file); see
+        :func:`vggt_core.reconstruction_file.load_reconstruction`.
 
         Raises:
             InputError: the file is missing, not an npz, corrupt, holds pickled objects, lacks a
                 required array or has inconsistent shapes.
         """
-        label = getattr(path, "name", None) if hasattr(path, "read") else Path(path).name
-        label = Path(str(label)).name if label else "reconstruction file"
-        try:
-            with np.load(path, allow_pickle=False) as archive:
-                contents = {key: archive[key] for key in archive.files}
-        except FileNotFoundError as error:
-            raise InputError(f"Reconstruction file {label} does not exist") from error
-        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as error:
-            # ValueError also covers object arrays, which would need pickle.
-            raise InputError(f"{label} is not a readable reconstruction file ({error})") from error
-        return cls._from_arrays(contents, label)
+        from .reconstruction_file import load_reconstruction
+
+        return load_reconstruction(path)
 
     @classmethod
     def from_bytes(cls, data: bytes, label: str = "reconstruction file") -> Reconstruction:
@@ -395,320 +369,6 @@ class Reconstruction:
         buffer.name = label
         return cls.load(buffer)
 
-    @classmethod
-    def _from_arrays(cls, contents: Mapping[str, np.ndarray], label: str) -> Reconstruction:
-        if _FORMAT_KEY not in contents:
-            raise InputError(f"{label} is not a reconstruction file (no format version)")
-        try:
-            version = int(np.asarray(contents[_FORMAT_KEY]))
-        except (TypeError, ValueError) as error:
-            raise InputError(f"{label} has an unreadable format version") from error
-        if version > FILE_FORMAT_VERSION:
-            raise InputError(f"{label} was written by a newer version (format {version})")
-        kwargs: dict[str, Any] = {}
-        for name, _, optional in _ARRAY_FIELDS:
-            if name in contents:
-                kwargs[name] = contents[name]
-            elif not optional:
-                raise InputError(f"{label} lacks the array {name!r}")
-        if "frame_names" not in contents or contents["frame_names"].dtype.kind != "U":
-            raise InputError(f"{label} lacks the frame names")
-        kwargs["frame_names"] = contents["frame_names"].tolist()
-        if _INFO_KEY in contents:
-            info_text = contents[_INFO_KEY]
-            try:
-                info = json.loads(str(info_text)) if info_text.dtype.kind == "U" else None
-            except ValueError:
-                info = None
-            if not isinstance(info, dict):
-                raise InputError(f"{label} has unreadable scene information")
-            kwargs["info"] = info
-        for name, dtype, _ in _ARRAY_FIELDS:
-            value = kwargs.get(name)
-            if value is not None and name in _STORED_DTYPES and value.dtype == np.dtype(_STORED_DTYPES[name]):
-                kwargs[name] = value = value.astype(dtype)
-            # Casting silently would hide a file written by something else; refuse instead.
-            if value is not None and value.dtype != np.dtype(dtype):
-                raise InputError(f"{label}: {name} has dtype {value.dtype}, expected {np.dtype(dtype)}")
-        if kwargs.get("points_from_depth") is None:
-            kwargs["points_from_depth"] = _points_from_depth_of_arrays(kwargs, label)
-        try:
-            return cls(**kwargs)
-        except InputError as error:
-            raise InputError(f"{label} is inconsistent: {error}") from error
 
-
-def _to_stored_precision(name: str, value: np.ndarray) -> np.ndarray:
-    """``value`` in the dtype :meth:`Reconstruction.save` writes for field ``name``."""
-    stored = _STORED_DTYPES.get(name)
-    if stored is None:
-        return value
-    # Beyond float16's range a confidence would become inf; the largest finite value still
-    # ranks above every other.
-    return np.clip(value, -_FLOAT16_MAX, _FLOAT16_MAX).astype(stored)
-
-
-def _points_from_depth_of_arrays(kwargs: Mapping[str, Any], label: str) -> np.ndarray:
-    """The depth branch's points recomputed from the loaded depth and cameras."""
-    try:
-        depth = np.asarray(kwargs["depth"], dtype=np.float32)
-        extrinsics = np.asarray(kwargs["extrinsics"], dtype=np.float32)
-        intrinsics = np.asarray(kwargs["intrinsics"], dtype=np.float32)
-        return _unproject_in_chunks(depth, extrinsics, intrinsics)
-    except (KeyError, ValueError, IndexError, RuntimeError) as error:  # shapes that do not fit
-        raise InputError(f"{label} is inconsistent: {error}") from error
-
-
-# --------------------------------------------------------------------------------------------
-# Running the model
-# --------------------------------------------------------------------------------------------
-
-
-def _model_device(model: torch.nn.Module) -> torch.device:
-    for tensor in model.parameters():
-        return tensor.device
-    for tensor in model.buffers():
-        return tensor.device
-    return torch.device("cpu")
-
-
-def _validate_images(images: torch.Tensor | np.ndarray) -> torch.Tensor:
-    """Check the model-input batch ``[S, 3, H, W]`` in [0, 1] and return it as a float tensor."""
-    if isinstance(images, np.ndarray):
-        images = torch.from_numpy(images)
-    if not isinstance(images, torch.Tensor):
-        raise InputError(f"images must be a tensor [S, 3, H, W], got {type(images).__name__}")
-    if images.ndim == 5 and images.shape[0] == 1:
-        images = images[0]
-    if images.ndim != 4 or images.shape[1] != 3 or images.shape[0] < 1:
-        raise InputError(f"images must have shape [S, 3, H, W], got {list(images.shape)}")
-    if not images.is_floating_point():
-        raise InputError(f"images must be floating point in [0, 1], got {images.dtype}")
-    if not bool(torch.isfinite(images).all()):
-        raise InputError("images contain NaN or infinite values")
-    low, high = float(images.min()), float(images.max())
-    if low < 0.0 or high > 1.0:
-        raise InputError(f"image values must lie in [0, 1], got [{low:.3g}, {high:.3g}]")
-    return images
-
-
-def _validate_query_points(query_points: Any, height: int, width: int) -> torch.Tensor | None:
-    """``[N, 2]`` or ``[1, N, 2]`` pixel queries → float32 tensor ``[1, N, 2]`` (None if empty)."""
-    if query_points is None:
-        return None
-    points = torch.as_tensor(np.asarray(query_points) if not isinstance(query_points, torch.Tensor)
-                             else query_points).to(torch.float32)
-    if points.ndim == 3 and points.shape[0] == 1:
-        points = points[0]
-    if points.ndim != 2 or points.shape[1] != 2:
-        raise InputError(f"query points must have shape [N, 2], got {list(points.shape)}")
-    if points.shape[0] == 0:
-        return None
-    if not bool(torch.isfinite(points).all()):
-        raise InputError("query points contain NaN or infinite values")
-    outside = ((points[:, 0] < 0) | (points[:, 0] > width)
-               | (points[:, 1] < 0) | (points[:, 1] > height))
-    if bool(outside.any()):
-        raise InputError(f"query points must lie inside the {width}×{height} model-input frame")
-    return points[None]
-
-
-def _to_numpy(tensor: torch.Tensor) -> np.ndarray:
-    """Batch-squeezed float32 CPU copy of a model output ``[1, ...]``."""
-    return tensor[0].detach().to(device="cpu", dtype=torch.float32).numpy()
-
-
-def _unproject_in_chunks(depth: np.ndarray, extrinsics: np.ndarray,
-                         intrinsics: np.ndarray) -> np.ndarray:
-    """``depth [S, H, W]`` with cameras ``[S, 3, 4]``/``[S, 3, 3]`` → float32 ``[S, H, W, 3]``."""
-    points = np.empty(depth.shape + (3,), dtype=np.float32)
-    for start in range(0, depth.shape[0], _UNPROJECT_FRAMES_PER_CHUNK):
-        chunk = slice(start, start + _UNPROJECT_FRAMES_PER_CHUNK)
-        points[chunk] = geometry.unproject_depth_map_to_world_points(
-            depth[chunk], extrinsics[chunk], intrinsics[chunk])
-    return points
-
-
-def _camera_depth_of_points(points: np.ndarray, extrinsics: np.ndarray) -> np.ndarray:
-    """z of world ``points [S, H, W, 3]`` in each frame's camera ``[S, 3, 4]`` → ``[S, H, W]``."""
-    rotation_z = extrinsics[:, 2, :3]
-    return (np.einsum("shwc,sc->shw", points, rotation_z)
-            + extrinsics[:, None, None, 2, 3]).astype(np.float32)
-
-
-def reconstruct(
-    model: torch.nn.Module,
-    images: torch.Tensor,
-    *,
-    query_points: Any = None,
-    frames_chunk_size: int = 8,
-    progress: ProgressCallback | None = None,
-    frame_names: Sequence[str] | None = None,
-    transforms: Sequence[FrameTransform] | None = None,
-) -> Reconstruction:
-    """Run the model on a batch of frames and collect a :class:`Reconstruction`.
-
-    Args:
-        model: a VGGT-like module (see :class:`vggt_core.model.VGGT`) whose forward takes
-            ``images [1, S, 3, H, W]`` and returns at least ``pose_enc`` and ``depth`` or
-            ``world_points``. It runs on the device of its parameters.
-        images: ``[S, 3, H, W]`` float in [0, 1] (as from :func:`vggt_core.images.load_images`).
-        query_points: optional ``[N, 2]`` pixels (x, y) in model-input pixels to track.
-        frames_chunk_size: frames per chunk in the dense heads (memory vs speed).
-        progress: optional ``progress(fraction, message)`` called at each stage.
-        frame_names: ``S`` names; default the transforms' names, else ``frame_000``, ...
-        transforms: ``S`` :class:`FrameTransform` from ``load_images(..., return_transforms=True)``
-            to record the photos' sizes and the photo → model-input mapping.
-
-    Returns:
-        The reconstruction, all arrays on the CPU.
-
-    Raises:
-        InputError: bad images, query points, names or transforms.
-        RuntimeError: the model lacks the camera head, or both the depth and point heads.
-    """
-    report = progress if progress is not None else (lambda fraction, message: None)
-    batch = _validate_images(images)
-    num_frames, _, height, width = batch.shape
-    queries = _validate_query_points(query_points, height, width)
-    if transforms is not None and len(transforms) != num_frames:
-        raise InputError(f"{len(transforms)} frame transforms for {num_frames} frames")
-    if frame_names is not None and len(frame_names) != num_frames:
-        raise InputError(f"{len(frame_names)} frame names for {num_frames} frames")
-
-    device = _model_device(model)
-    report(0.0, "running the model")
-    outputs = model(batch.to(device=device, dtype=torch.float32)[None],
-                    query_points=None if queries is None else queries.to(device),
-                    frames_chunk_size=frames_chunk_size)
-    # Copy to the CPU right away and drop the device tensors, so a long video does not keep
-    # gigabytes of GPU memory alive while the rest runs on numpy.
-    arrays = {key: _to_numpy(outputs[key]) for key in _MODEL_OUTPUT_KEYS
-              if isinstance(outputs.get(key), torch.Tensor)}
-    del outputs
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-
-    if "pose_enc" not in arrays:
-        raise RuntimeError("the model has no camera head, so it cannot give cameras")
-    report(0.7, "decoding cameras")
-    pose_encoding = arrays["pose_enc"]
-    extrinsics, intrinsics = geometry.pose_encoding_to_extrinsics_intrinsics(
-        pose_encoding, (height, width))
-
-    world_points = arrays.get("world_points")
-    world_points_conf = arrays.get("world_points_conf")
-    if "depth" in arrays:
-        depth = arrays["depth"][..., 0] if arrays["depth"].ndim == 4 else arrays["depth"]
-        depth_conf = arrays.get("depth_conf", np.ones_like(depth))
-    elif world_points is not None:
-        # Without a depth head the point map stands in for it: its camera-frame z is a depth.
-        depth = _camera_depth_of_points(world_points, extrinsics)
-        depth_conf = (world_points_conf if world_points_conf is not None
-                      else np.ones_like(depth))
-    else:
-        raise RuntimeError("the model has neither a depth nor a point head")
-
-    report(0.8, "unprojecting depth")
-    points_from_depth = _unproject_in_chunks(depth, extrinsics, intrinsics)
-
-    report(0.95, "collecting the reconstruction")
-    # Rounding (not the reference's truncation) recovers the original 8-bit values exactly;
-    # x/255·255 in float32 can land just below the integer.
-    frames_uint8 = np.round(batch.detach().cpu().permute(0, 2, 3, 1).numpy() * 255.0).astype(np.uint8)
-    names = list(frame_names) if frame_names is not None else (
-        [transform.name for transform in transforms] if transforms is not None else None)
-    original_sizes = image_transforms = None
-    if transforms is not None:
-        original_sizes = np.array([transform.original_size for transform in transforms], dtype=np.int64)
-        image_transforms = np.array([[*transform.scale, *transform.offset] for transform in transforms],
-                                    dtype=np.float64)
-
-    tracks = arrays.get("track")
-    reconstruction = Reconstruction(
-        images=frames_uint8,
-        extrinsics=extrinsics,
-        intrinsics=intrinsics,
-        depth=depth,
-        depth_conf=depth_conf,
-        points_from_depth=points_from_depth,
-        world_points=world_points if world_points_conf is not None else None,
-        world_points_conf=world_points_conf if world_points is not None else None,
-        pose_encoding=pose_encoding,
-        frame_names=names or [],
-        original_sizes=original_sizes,
-        image_transforms=image_transforms,
-        query_points=None if queries is None or tracks is None else queries[0].numpy(),
-        tracks=tracks,
-        track_visibility=arrays.get("vis") if tracks is not None else None,
-        track_confidence=arrays.get("conf") if tracks is not None else None,
-    )
-    report(1.0, "done")
-    return reconstruction
-
-
-def _synthetic_tracks(depth: np.ndarray, extrinsics: np.ndarray, intrinsics: np.ndarray, num_tracks: int,
-                      noise_px: float, seed: int) -> dict[str, np.ndarray]:
-    """True tracks of surface points: track ``n`` starts at a random pixel of frame ``n mod S``
-    (``depth [S, H, W]``, cameras ``[S, 3, 4]``/``[S, 3, 3]``), is projected into every frame and
-    is visible where it is inside the frame and not hidden (its depth matches the depth map)."""
-    rng = np.random.default_rng(seed)
-    num_frames, height, width = depth.shape
-    frames = np.arange(num_tracks) % num_frames
-    columns = rng.integers(0, width, num_tracks)
-    rows = rng.integers(0, height, num_tracks)
-    z = depth[frames, rows, columns].astype(np.float64)
-    k = intrinsics[frames].astype(np.float64)
-    camera = np.stack([(columns - k[:, 0, 2]) / k[:, 0, 0] * z, (rows - k[:, 1, 2]) / k[:, 1, 1] * z, z], axis=1)
-    rotation, translation = extrinsics[frames, :, :3].astype(np.float64), extrinsics[frames, :, 3].astype(np.float64)
-    world = np.einsum("nji,nj->ni", rotation, camera - translation)
-    pixels, point_depth = geometry.project_points(world, extrinsics.astype(np.float64),
-                                                  intrinsics.astype(np.float64))
-    x_index = np.clip(np.round(pixels[..., 0]).astype(np.int64), 0, width - 1)
-    y_index = np.clip(np.round(pixels[..., 1]).astype(np.int64), 0, height - 1)
-    seen_depth = depth[np.arange(num_frames)[:, None], y_index, x_index]
-    visible = ((pixels[..., 0] >= 0) & (pixels[..., 0] <= width - 1) & (pixels[..., 1] >= 0)
-               & (pixels[..., 1] <= height - 1) & (point_depth > 0)
-               & (np.abs(seen_depth - point_depth) <= 0.01 * np.abs(point_depth)))
-    noisy = pixels + rng.normal(0.0, noise_px, pixels.shape)
-    queries = np.stack([columns, rows], axis=1).astype(np.float64)
-    noisy[frames, np.arange(num_tracks)] = queries  # a query point is exact in its own frame
-    visible[frames, np.arange(num_tracks)] = True
-    return {"tracks": noisy.astype(np.float32), "track_visibility": visible.astype(np.float32),
-            "track_confidence": visible.astype(np.float32), "query_points": queries.astype(np.float32),
-            "track_query_frames": frames.astype(np.int64)}
-
-
-def reconstruction_from_synthetic_scene(scene: Any, *, num_tracks: int = 0, track_noise_px: float = 0.0,
-                                        seed: int = 0) -> Reconstruction:
-    """A ground-truth :class:`Reconstruction` of a :class:`vggt_core.synthetic.SyntheticScene`.
-
-    True cameras and depth, all confidences 1, and the point branch equal to the depth branch,
-    so everything downstream (filtering, viewers, exporters) can be checked against the exact
-    scene surfaces. Frames are named ``<scene>_000``, ...
-
-    With ``num_tracks`` > 0 it also holds true point tracks: surface points seen from a random
-    pixel of frame ``n mod S``, projected into every frame with Gaussian noise of
-    ``track_noise_px`` pixels (exact in their query frame), visible where not hidden.
-    """
-    depth = np.asarray(scene.depth, dtype=np.float32)
-    extrinsics = np.asarray(scene.extrinsics, dtype=np.float32)
-    intrinsics = np.asarray(scene.intrinsics, dtype=np.float32)
-    points = _unproject_in_chunks(depth, extrinsics, intrinsics)
-    height, width = depth.shape[1:]
-    tracks = (_synthetic_tracks(depth, extrinsics, intrinsics, int(num_tracks), float(track_noise_px), seed)
-              if num_tracks > 0 else {})
-    return Reconstruction(
-        images=scene.images,
-        extrinsics=extrinsics,
-        intrinsics=intrinsics,
-        depth=depth,
-        depth_conf=np.ones_like(depth),
-        points_from_depth=points,
-        world_points=points.copy(),
-        world_points_conf=np.ones_like(depth),
-        pose_encoding=geometry.extrinsics_intrinsics_to_pose_encoding(
-            extrinsics, intrinsics, (height, width)),
-        frame_names=[f"{scene.name}_{index:03d}" for index in range(depth.shape[0])],
-        **tracks,
-    )
+# The old private name, still imported by benchmarks and older tests.
+_unproject_in_chunks = unproject_depth_maps_in_frame_chunks

@@ -18,9 +18,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
+
+if TYPE_CHECKING:  # the reconstruction type imports torch; the scenes are numpy only
+    from .reconstruction import Reconstruction
 
 __all__ = [
     "SyntheticScene",
@@ -30,6 +33,7 @@ __all__ = [
     "save_training_scene",
     "scene_surface_distance",
     "scene_extent",
+    "reconstruction_from_synthetic_scene",
 ]
 
 SCENE_NAMES = ("room", "table")
@@ -554,3 +558,80 @@ def save_training_scene(scene: SyntheticScene, directory: str | Path) -> Path:
     from .training.scene_sources import write_scene_folder  # the folder format lives with its reader
 
     return write_scene_folder(directory, scene.images, scene.extrinsics, scene.intrinsics, depths=scene.depth)
+
+
+# ------------------------------------------------------------------------------------------
+# Ground-truth reconstructions of the scenes
+# ------------------------------------------------------------------------------------------
+
+
+def _synthetic_tracks(depth: np.ndarray, extrinsics: np.ndarray, intrinsics: np.ndarray, num_tracks: int,
+                      noise_px: float, seed: int) -> dict[str, np.ndarray]:
+    """True tracks of surface points: track ``n`` starts at a random pixel of frame ``n mod S``
+    (``depth [S, H, W]``, cameras ``[S, 3, 4]``/``[S, 3, 3]``), is projected into every frame and
+    is visible where it is inside the frame and not hidden (its depth matches the depth map)."""
+    rng = np.random.default_rng(seed)
+    num_frames, height, width = depth.shape
+    frames = np.arange(num_tracks) % num_frames
+    columns = rng.integers(0, width, num_tracks)
+    rows = rng.integers(0, height, num_tracks)
+    z = depth[frames, rows, columns].astype(np.float64)
+    k = intrinsics[frames].astype(np.float64)
+    camera = np.stack([(columns - k[:, 0, 2]) / k[:, 0, 0] * z, (rows - k[:, 1, 2]) / k[:, 1, 1] * z, z], axis=1)
+    rotation, translation = extrinsics[frames, :, :3].astype(np.float64), extrinsics[frames, :, 3].astype(np.float64)
+    world = np.einsum("nji,nj->ni", rotation, camera - translation)
+    from .geometry import project_points
+
+    pixels, point_depth = project_points(world, extrinsics.astype(np.float64),
+                                                  intrinsics.astype(np.float64))
+    x_index = np.clip(np.round(pixels[..., 0]).astype(np.int64), 0, width - 1)
+    y_index = np.clip(np.round(pixels[..., 1]).astype(np.int64), 0, height - 1)
+    seen_depth = depth[np.arange(num_frames)[:, None], y_index, x_index]
+    visible = ((pixels[..., 0] >= 0) & (pixels[..., 0] <= width - 1) & (pixels[..., 1] >= 0)
+               & (pixels[..., 1] <= height - 1) & (point_depth > 0)
+               & (np.abs(seen_depth - point_depth) <= 0.01 * np.abs(point_depth)))
+    noisy = pixels + rng.normal(0.0, noise_px, pixels.shape)
+    queries = np.stack([columns, rows], axis=1).astype(np.float64)
+    noisy[frames, np.arange(num_tracks)] = queries  # a query point is exact in its own frame
+    visible[frames, np.arange(num_tracks)] = True
+    return {"tracks": noisy.astype(np.float32), "track_visibility": visible.astype(np.float32),
+            "track_confidence": visible.astype(np.float32), "query_points": queries.astype(np.float32),
+            "track_query_frames": frames.astype(np.int64)}
+
+
+def reconstruction_from_synthetic_scene(scene: SyntheticScene, *, num_tracks: int = 0, track_noise_px: float = 0.0,
+                                        seed: int = 0) -> "Reconstruction":
+    """A ground-truth :class:`Reconstruction` of a :class:`vggt_core.synthetic.SyntheticScene`.
+
+    True cameras and depth, all confidences 1, and the point branch equal to the depth branch,
+    so everything downstream (filtering, viewers, exporters) can be checked against the exact
+    scene surfaces. Frames are named ``<scene>_000``, ...
+
+    With ``num_tracks`` > 0 it also holds true point tracks: surface points seen from a random
+    pixel of frame ``n mod S``, projected into every frame with Gaussian noise of
+    ``track_noise_px`` pixels (exact in their query frame), visible where not hidden.
+    """
+    from .geometry import extrinsics_intrinsics_to_pose_encoding, unproject_depth_maps_in_frame_chunks
+    from .reconstruction import Reconstruction
+
+    depth = np.asarray(scene.depth, dtype=np.float32)
+    extrinsics = np.asarray(scene.extrinsics, dtype=np.float32)
+    intrinsics = np.asarray(scene.intrinsics, dtype=np.float32)
+    points = unproject_depth_maps_in_frame_chunks(depth, extrinsics, intrinsics)
+    height, width = depth.shape[1:]
+    tracks = (_synthetic_tracks(depth, extrinsics, intrinsics, int(num_tracks), float(track_noise_px), seed)
+              if num_tracks > 0 else {})
+    return Reconstruction(
+        images=scene.images,
+        extrinsics=extrinsics,
+        intrinsics=intrinsics,
+        depth=depth,
+        depth_conf=np.ones_like(depth),
+        points_from_depth=points,
+        world_points=points.copy(),
+        world_points_conf=np.ones_like(depth),
+        pose_encoding=extrinsics_intrinsics_to_pose_encoding(
+            extrinsics, intrinsics, (height, width)),
+        frame_names=[f"{scene.name}_{index:03d}" for index in range(depth.shape[0])],
+        **tracks,
+    )

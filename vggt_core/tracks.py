@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -19,6 +19,7 @@ import torch
 from .config import (DEFAULT_FRAMES_CHUNK_SIZE, DEFAULT_MAX_QUERY_POINTS, DEFAULT_NUM_QUERY_FRAMES,
                      QUERY_POINT_METHODS)
 from .errors import InputError
+from .progress import ProgressCallback
 from .reconstruction import Reconstruction
 
 __all__ = [
@@ -40,8 +41,6 @@ _GRID_MARGIN_PX = 4
 _GRID_OVERSAMPLING = 2.0
 # VGGT's confidences are ≥ 1; at or below this a pixel is treated as unusable (as in the filters).
 _MIN_CONFIDENCE = 1e-5
-
-ProgressCallback = Callable[[float, str], None]
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,9 @@
-"""Finding, reading and loading VGGT checkpoints: Hugging Face Hub repos and local files.
+"""Finding, reading and loading VGGT checkpoints: Hugging Face Hub repos, local files and ``random-tiny``.
+
+:func:`load_model` is the one resolver every entry point uses (the CLI's ``reconstruct`` and
+``finetune``, the app): a Hub repo id, a local file or folder, or :data:`RANDOM_TINY_CHECKPOINT`.
+:func:`resolve_model_config` answers which architecture a source has without loading weights
+(for the memory estimate before a run).
 
 Loading never executes code from a file: ``.pt`` files go through ``torch.load(weights_only=True)``
 and ``.safetensors`` through safetensors. The model is built on the ``meta`` device and the
@@ -14,18 +19,22 @@ from pathlib import Path
 
 import torch
 
-from .config import VGGTConfig
+from .config import VGGTConfig, tiny_config
 from .errors import WeightsUnavailableError
 from .model import VGGT
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_CHECKPOINT = "facebook/VGGT-1B"
-RANDOM_TINY_CHECKPOINT = "random-tiny"  # TEMP
 # Preferred first: safetensors cannot carry code and loads without unpickling.
 HUB_WEIGHT_FILES = ("model.safetensors", "model.pt")
 LOCAL_WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
 CONFIG_FILE = "config.json"
+# An untrained tiny model (``tiny_config()``) with random weights: for development, tests and
+# demos without downloading 5 GB. Its results are meaningless.
+RANDOM_TINY_CHECKPOINT = "random-tiny"
+# Every process builds the same random-tiny weights from this seed.
+RANDOM_TINY_SEED = 0
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
@@ -44,21 +53,21 @@ def load_model(source: str | os.PathLike = DEFAULT_CHECKPOINT, *, config: VGGTCo
                revision: str | None = None) -> VGGT:
     """Build VGGT and load a checkpoint with ``strict=True``; returns the model in eval mode.
 
+    The model carries its architecture as ``model.config``.
+
     Args:
         source: a Hugging Face repo id (``facebook/VGGT-1B``, ``facebook/VGGT-1B-Commercial``,
             downloaded and cached by ``huggingface_hub``: honours ``HF_HOME``/``HF_HUB_OFFLINE``),
-            a local ``.safetensors``/``.pt``/``.pth`` file, or a folder holding one.
+            a local ``.safetensors``/``.pt``/``.pth`` file, a folder holding one, or
+            ``"random-tiny"`` (:func:`build_random_tiny_model`).
         config: the architecture; by default a ``config.json`` beside the weights if it is in
-            our schema, else VGGT-1B.
+            our schema, else VGGT-1B (``random-tiny``: ``tiny_config()``).
         device: where to put the model (default: CUDA, then MPS, then CPU).
         dtype: optional parameter dtype (e.g. ``torch.bfloat16``); default float32 as stored.
+        revision: a Hub branch, tag or commit (Hub repo ids only).
     """
-    if str(source) == RANDOM_TINY_CHECKPOINT:  # TEMP
-        from .config import tiny_config
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            model = VGGT(tiny_config())
-        return model.to(resolve_device(device)).eval()
+    if is_random_tiny(source):
+        return build_random_tiny_model(config, device=device, dtype=dtype)
     weights_path, config_path = locate_checkpoint(source, revision=revision)
     if config is None:
         config = _config_beside_weights(config_path)
@@ -71,6 +80,59 @@ def load_model(source: str | os.PathLike = DEFAULT_CHECKPOINT, *, config: VGGTCo
     model.aggregator.reset_normalization_buffers()
     model = model.to(device=resolve_device(device), dtype=dtype)
     return model.eval()
+
+
+def is_random_tiny(source: str | os.PathLike) -> bool:
+    """Whether ``source`` names the untrained tiny model rather than a checkpoint (the exact
+    string, as the app's settings compare it; a path object is always a checkpoint)."""
+    return isinstance(source, str) and source == RANDOM_TINY_CHECKPOINT
+
+
+def build_random_tiny_model(config: VGGTConfig | None = None, *, device: str | torch.device | None = None,
+                            dtype: torch.dtype | None = None) -> VGGT:
+    """An untrained VGGT (``tiny_config()`` unless ``config`` is given) in eval mode, initialised
+    from :data:`RANDOM_TINY_SEED`: every process builds the same weights, and the caller's global
+    random state is left as it was (``fork_rng``), so building it does not change what any
+    later random draw gives."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_TINY_SEED)
+        model = VGGT(config or tiny_config())
+    return model.to(device=resolve_device(device), dtype=dtype).eval()
+
+
+def resolve_model_config(source: str | os.PathLike = DEFAULT_CHECKPOINT, config: VGGTConfig | None = None, *,
+                         revision: str | None = None) -> VGGTConfig:
+    """The architecture :func:`load_model` would build for ``source``, without reading weights.
+
+    ``config`` wins when given. ``random-tiny`` is ``tiny_config()``; a local file or folder uses
+    the ``config.json`` beside the weights (else VGGT-1B), reading nothing over the network; a Hub
+    repo id uses its ``config.json`` when it is already in the local Hub cache, else VGGT-1B
+    (nothing is downloaded: this is asked before a run, e.g. for the memory estimate).
+
+    Raises:
+        WeightsUnavailableError: ``source`` is neither a file, a folder, ``random-tiny`` nor a
+            repo id.
+    """
+    if config is not None:
+        return config
+    if is_random_tiny(source):
+        return tiny_config()
+    path = Path(source).expanduser()
+    if path.is_file():
+        return _config_beside_weights(_existing(path.parent / CONFIG_FILE))
+    if path.is_dir():
+        return _config_beside_weights(_existing(path / CONFIG_FILE))
+    if _looks_like_repo_id(str(source)):
+        from .hub import hub_download
+
+        try:
+            cached = hub_download(str(source), CONFIG_FILE, revision, cache_only=True)
+        except Exception:  # not cached (or a cache that cannot be read): the released architecture
+            cached = None
+        return _config_beside_weights(cached)
+    raise WeightsUnavailableError(
+        f"checkpoint {str(source)!r} is neither an existing file or folder, {RANDOM_TINY_CHECKPOINT!r}, nor a "
+        f"Hugging Face repo id like {DEFAULT_CHECKPOINT!r}")
 
 
 def locate_checkpoint(source: str | os.PathLike, revision: str | None = None) -> tuple[Path, Path | None]:

@@ -4,73 +4,82 @@
 ``npz`` (the full reconstruction, reloadable with ``Reconstruction.load``), ``depth`` (depth
 and confidence maps at the photos' resolution, also zipped), ``nerfstudio`` (``transforms.json``
 with the photos, also zipped) and ``splatting`` (a zip of ``images/`` + ``sparse/0/`` for
-Gaussian-splatting trainers).
+Gaussian-splatting trainers). The formats are listed, and written, by the registry
+(:mod:`vggt_core.export.registry`); frames' files are named by :mod:`vggt_core.frame_names`.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-import zipfile
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
-from ..atomic_files import atomic_write_bytes, atomic_writer
-from ..config import DEFAULT_EXPORT_FORMATS, EXPORT_FORMATS
-from ..errors import InputError
 from ..filtering import ViewSettings
 from ..reconstruction import Reconstruction
-from .colmap import build_colmap_reconstruction, build_colmap_reconstruction_with_tracks, export_colmap
+from .archive import zip_folder
+from .colmap import (COLMAP_MODEL_SUBDIR, COLMAP_UNITS_FILE, build_colmap_reconstruction,
+                     build_colmap_reconstruction_with_tracks, export_colmap, units_note, write_colmap_folder)
 from .depth import export_depth_maps
 from .glb import GlbExport, build_scene, export_glb
 from .nerfstudio import export_nerfstudio, nerfstudio_transforms
 from .photos import OriginalImage
 from .ply import export_ply, write_ply
+from .registry import (EXPORTERS, Exporter, ExportRequest, default_export_formats, export_formats, get_exporter,
+                       parse_export_formats, register_exporter, unregister_exporter, write_download,
+                       write_export_files)
 from .splatting import export_splatting_bundle
 
 __all__ = [
+    "COLMAP_MODEL_SUBDIR",
+    "COLMAP_UNITS_FILE",
     "DEFAULT_EXPORT_FORMATS",
+    "EXPORTERS",
     "EXPORT_FORMATS",
+    "ExportRequest",
+    "Exporter",
     "GlbExport",
     "build_colmap_reconstruction",
     "build_colmap_reconstruction_with_tracks",
     "build_scene",
+    "default_export_formats",
     "export_all",
     "export_colmap",
     "export_depth_maps",
+    "export_formats",
     "export_glb",
     "export_nerfstudio",
     "export_npz",
     "export_ply",
     "export_splatting_bundle",
+    "get_exporter",
     "nerfstudio_transforms",
+    "parse_export_formats",
+    "register_exporter",
+    "units_note",
+    "unregister_exporter",
+    "write_colmap_folder",
+    "write_download",
     "write_ply",
     "zip_folder",
 ]
 
-# File names inside the export directory. The COLMAP model sits in sparse/0, the layout that
-# COLMAP, nerfstudio and Gaussian-splatting loaders expect next to an images/ folder.
-GLB_NAME = "scene.glb"
-PLY_NAME = "points.ply"
-NPZ_NAME = "reconstruction.npz"
-COLMAP_DIR_NAME = "colmap"
-COLMAP_MODEL_SUBDIR = Path("sparse") / "0"
-DEPTH_DIR_NAME = "depth_maps"
-NERFSTUDIO_DIR_NAME = "nerfstudio"
-SPLATTING_ZIP_NAME = "splatting.zip"
-# COLMAP's files have no place for units: they go into this file beside sparse/.
-COLMAP_UNITS_FILE = "units.txt"
+# File names inside the export directory (the registry's; kept under their old names).
+GLB_NAME = EXPORTERS["glb"].file_name
+PLY_NAME = EXPORTERS["ply"].file_name
+NPZ_NAME = EXPORTERS["npz"].file_name
+COLMAP_DIR_NAME = EXPORTERS["colmap"].folder_name
+DEPTH_DIR_NAME = EXPORTERS["depth"].folder_name
+NERFSTUDIO_DIR_NAME = EXPORTERS["nerfstudio"].folder_name
+SPLATTING_ZIP_NAME = EXPORTERS["splatting"].file_name
 
 
-def zip_folder(folder: str | os.PathLike, path: str | os.PathLike, *, durable: bool = True) -> Path:
-    """Zip everything under ``folder`` (names relative to it) into ``path``, atomically."""
-    source, target = Path(folder), Path(path)
-    with atomic_writer(target, durable=durable) as handle:
-        with zipfile.ZipFile(handle, "w", zipfile.ZIP_DEFLATED) as archive:
-            for file in sorted(source.rglob("*")):
-                if file.is_file():
-                    archive.write(file, file.relative_to(source).as_posix())
-    return target
+def __getattr__(name: str) -> Any:
+    # The format lists follow the registry (a format registered later is included).
+    if name == "EXPORT_FORMATS":
+        return export_formats()
+    if name == "DEFAULT_EXPORT_FORMATS":
+        return default_export_formats()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def export_npz(recon: Reconstruction, path: str | os.PathLike) -> Path:
@@ -79,66 +88,25 @@ def export_npz(recon: Reconstruction, path: str | os.PathLike) -> Path:
 
 
 def export_all(recon: Reconstruction, directory: str | os.PathLike,
-               formats: Sequence[str] = DEFAULT_EXPORT_FORMATS,
+               formats: Sequence[str] | None = None,
                settings: ViewSettings = ViewSettings(), colmap_binary: bool = True, *,
                durable: bool = True, originals: Sequence[OriginalImage | None] | None = None) -> dict[str, Path]:
-    """Write the requested formats into ``directory`` (created if needed); the COLMAP model in
-    COLMAP's binary format, or its text format with ``colmap_binary=False``. Every file is
-    written atomically; ``durable=False`` skips the fsync calls. ``originals`` (per frame a
-    photo path or PIL image) go into the nerfstudio and splatting exports; without them the
-    stored frames are warped back to the photos' size (:mod:`vggt_core.export.photos`).
+    """Write the requested formats (default: the registry's default formats) into ``directory``
+    (created if needed), in registry order; the points are selected once for all of them. The
+    COLMAP model in COLMAP's binary format, or its text format with ``colmap_binary=False``.
+    Every file is written atomically; ``durable=False`` skips the fsync calls. ``originals``
+    (per frame a photo path or PIL image) go into the nerfstudio and splatting exports; without
+    them the stored frames are warped back to the photos' size (:mod:`vggt_core.export.photos`).
 
     Returns:
         ``{"glb": scene.glb, "ply": points.ply, "colmap": colmap/sparse/0 (the model),
-        "colmap_zip": colmap.zip (holding sparse/0/...), "npz": reconstruction.npz,
+        "colmap_zip": colmap.zip (holding sparse/0/... and units.txt), "npz": reconstruction.npz,
         "depth"/"depth_zip", "nerfstudio": nerfstudio/transforms.json, "nerfstudio_zip",
-        "splatting": splatting.zip}`` for the formats asked for.
+        "splatting": splatting.zip}`` for the formats asked for (a registered folder format
+        ``name`` gives ``name`` and ``name_zip``).
 
     Raises:
         InputError: an unknown format name.
     """
-    unknown = sorted(set(formats) - set(EXPORT_FORMATS))
-    if unknown:
-        raise InputError(f"unknown export format(s) {unknown}; choose from {EXPORT_FORMATS}")
-    target = Path(directory)
-    target.mkdir(parents=True, exist_ok=True)
-    written: dict[str, Path] = {}
-    if "glb" in formats:
-        written["glb"] = export_glb(recon, target / GLB_NAME, settings, durable=durable).path
-    if "ply" in formats:
-        written["ply"] = export_ply(recon, target / PLY_NAME, settings, durable=durable)
-    if "colmap" in formats:
-        colmap_root = target / COLMAP_DIR_NAME
-        if colmap_root.exists():
-            shutil.rmtree(colmap_root)  # stale files of an earlier export must not mix in
-        written["colmap"] = export_colmap(recon, colmap_root / COLMAP_MODEL_SUBDIR, settings,
-                                          binary=colmap_binary, durable=durable)
-        atomic_write_bytes(colmap_root / COLMAP_UNITS_FILE, units_note(recon).encode("utf-8"), durable=durable)
-        written["colmap_zip"] = zip_folder(colmap_root, target / f"{COLMAP_DIR_NAME}.zip", durable=durable)
-    if "npz" in formats:
-        written["npz"] = export_npz(recon, target / NPZ_NAME)
-    if "depth" in formats:
-        depth_root = target / DEPTH_DIR_NAME
-        if depth_root.exists():
-            shutil.rmtree(depth_root)
-        export_depth_maps(recon, depth_root)
-        written["depth"] = depth_root
-        written["depth_zip"] = zip_folder(depth_root, target / f"{DEPTH_DIR_NAME}.zip", durable=durable)
-    if "nerfstudio" in formats:
-        nerfstudio_root = target / NERFSTUDIO_DIR_NAME
-        if nerfstudio_root.exists():
-            shutil.rmtree(nerfstudio_root)
-        written["nerfstudio"] = export_nerfstudio(recon, nerfstudio_root, originals, settings, durable=durable)
-        written["nerfstudio_zip"] = zip_folder(nerfstudio_root, target / f"{NERFSTUDIO_DIR_NAME}.zip",
-                                               durable=durable)
-    if "splatting" in formats:
-        written["splatting"] = export_splatting_bundle(recon, target / SPLATTING_ZIP_NAME, originals, settings,
-                                                       durable=durable)
-    return written
-
-
-def units_note(recon: Reconstruction) -> str:
-    """One line naming the scene's length unit (and how it was scaled), for formats without a field."""
-    if recon.units is None:
-        return "units: arbitrary (VGGT's own scale; not metric)\n"
-    return f"units: {recon.units} (scaled by {recon.scale_factor:.9g} from VGGT's own scale)\n"
+    request = ExportRequest(recon, settings, colmap_binary=colmap_binary, durable=durable, originals=originals)
+    return write_export_files(request, directory, default_export_formats() if formats is None else formats)

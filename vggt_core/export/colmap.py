@@ -19,25 +19,31 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .. import geometry
-from ..atomic_files import atomic_directory
+from ..atomic_files import atomic_directory, atomic_write_bytes
 from ..filtering import PointSelection, ViewSettings, select_points
 from ..reconstruction import Reconstruction
 
 if TYPE_CHECKING:  # only for annotations; see the module docstring
     import pycolmap
 
-__all__ = ["DEFAULT_COLMAP_MAX_POINTS", "build_colmap_reconstruction", "build_colmap_reconstruction_with_tracks",
-           "export_colmap"]
+__all__ = ["COLMAP_MODEL_SUBDIR", "COLMAP_UNITS_FILE", "DEFAULT_COLMAP_MAX_POINTS", "build_colmap_reconstruction",
+           "build_colmap_reconstruction_with_tracks", "export_colmap", "units_note", "write_colmap_folder"]
 
 # COLMAP tools load points one object at a time; beyond ~1e5 files get slow to use for little gain.
 DEFAULT_COLMAP_MAX_POINTS = 100_000
 MIN_FIELD_OF_VIEW_RAD = 1e-4
+# The model sits in sparse/0 of the exported folder, the layout that COLMAP, nerfstudio and
+# Gaussian-splatting loaders expect next to an images/ folder.
+COLMAP_MODEL_SUBDIR = Path("sparse") / "0"
+# COLMAP's files have no place for units: they go into this file beside sparse/.
+COLMAP_UNITS_FILE = "units.txt"
 
 logger = logging.getLogger(__name__)
 
@@ -183,7 +189,7 @@ def export_colmap(recon: Reconstruction, directory: str | os.PathLike,
                   settings: ViewSettings = ViewSettings(), binary: bool = True,
                   original_resolution: bool = True,
                   max_points: int | None = DEFAULT_COLMAP_MAX_POINTS, *, durable: bool = True,
-                  image_names: list[str] | None = None) -> Path:
+                  image_names: list[str] | None = None, selection: PointSelection | None = None) -> Path:
     """Write a COLMAP sparse model (``cameras``, ``images``, ``points3D``, plus pycolmap's
     ``rigs``/``frames``) as ``.bin`` or ``.txt`` files into ``directory`` (created if needed),
     which is replaced as a whole (:func:`vggt_core.atomic_files.atomic_directory`).
@@ -194,19 +200,25 @@ def export_colmap(recon: Reconstruction, directory: str | os.PathLike,
     points is capped at the smaller of ``settings.max_points`` and ``max_points``. Image names
     are the frame names; in the text format spaces in them become underscores, because COLMAP
     cannot read names with spaces from text files. ``image_names`` replaces the frame names
-    (e.g. the file names of an ``images/`` folder written beside the model).
+    (e.g. the file names of an ``images/`` folder written beside the model). Without
+    ``image_names`` the model names the user's own photos, so that it can be used with them.
+
+    ``selection`` is ``select_points(recon, settings)`` when the caller already has it; it is then
+    thinned evenly to ``max_points`` instead of selecting again (so with more than ``max_points``
+    points the subset may differ from a fresh selection with the smaller cap; both are even).
 
     Returns:
         ``directory`` as a :class:`Path`.
     """
-    caps = [cap for cap in (settings.max_points, max_points) if cap is not None]
-    settings = dataclasses.replace(settings, max_points=min(caps) if caps else None)
     names = list(image_names) if image_names is not None else recon.frame_names
     names = names if binary else [_text_safe_name(name) for name in names]
     if recon.tracks is not None:
         model = build_colmap_reconstruction_with_tracks(recon, original_resolution, image_names=names)
     else:
-        model = build_colmap_reconstruction(recon, select_points(recon, settings), original_resolution,
+        if selection is None:
+            caps = [cap for cap in (settings.max_points, max_points) if cap is not None]
+            selection = select_points(recon, dataclasses.replace(settings, max_points=min(caps) if caps else None))
+        model = build_colmap_reconstruction(recon, selection.thinned(max_points), original_resolution,
                                             image_names=names)
     target = Path(directory)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -216,3 +228,28 @@ def export_colmap(recon: Reconstruction, directory: str | os.PathLike,
         else:
             model.write_text(str(temporary))
     return target
+
+
+def units_note(recon: Reconstruction) -> str:
+    """One line naming the scene's length unit (and how it was scaled), for formats without a field."""
+    if recon.units is None:
+        return "units: arbitrary (VGGT's own scale; not metric)\n"
+    return f"units: {recon.units} (scaled by {recon.scale_factor:.9g} from VGGT's own scale)\n"
+
+
+def write_colmap_folder(recon: Reconstruction, root: str | os.PathLike, settings: ViewSettings = ViewSettings(), *,
+                        binary: bool = True, durable: bool = True, selection: PointSelection | None = None) -> Path:
+    """The COLMAP export as a folder: the model in ``root/sparse/0`` (:func:`export_colmap`, at the
+    photos' resolution, named after the frames) and :data:`COLMAP_UNITS_FILE` beside ``sparse/``.
+    ``root`` is replaced, so no file of an earlier export mixes in.
+
+    Returns:
+        The model folder ``root/sparse/0``.
+    """
+    root = Path(root)
+    if root.exists():
+        shutil.rmtree(root)
+    model = export_colmap(recon, root / COLMAP_MODEL_SUBDIR, settings, binary=binary, durable=durable,
+                          selection=selection)
+    atomic_write_bytes(root / COLMAP_UNITS_FILE, units_note(recon).encode("utf-8"), durable=durable)
+    return model

@@ -5,9 +5,11 @@ photo pixel is mapped through that transform to the model-input pixel that conta
 and takes that pixel's depth (nearest, not interpolated: an average across a depth edge would
 be a surface that does not exist). Photo pixels that were cropped away get NaN.
 
-Per frame ``<name>_depth.npy`` (float32 ``[H, W]``), ``<name>_confidence.npy`` (float32) and
-``<name>_depth.png`` (16-bit, ``depth · depth_scale`` rounded, 0 = no depth), plus one
-``depth_scale.json`` with the scale and the scene's units. See docs/scene.md, "Depth at full
+Per frame ``<file stem>_depth.npy`` (float32 ``[H, W]``), ``<file stem>_confidence.npy`` (float32)
+and ``<file stem>_depth.png`` (16-bit, ``depth · depth_scale`` rounded, 0 = no depth), plus one
+``depth_scale.json`` with the scale, the scene's units and each frame's file stem. The file stem
+of frame ``i`` is the one every export uses, ``{i:03d}_<name>``
+(:func:`vggt_core.frame_names.export_frame_file_name`). See docs/scene.md, "Depth at full
 resolution".
 """
 
@@ -15,13 +17,13 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from ..atomic_files import atomic_write_bytes, atomic_writer
+from ..frame_names import export_frame_file_names
 from ..reconstruction import Reconstruction
 
 __all__ = ["DEPTH_SCALE_FILE", "PNG_MAX", "depth_maps_at_original_resolution", "export_depth_maps",
@@ -32,17 +34,9 @@ PNG_MAX = 65535
 
 
 def frame_file_stems(names: list[str]) -> list[str]:
-    """File-name stems for frames: the name without its suffix, unsafe characters replaced,
-    made unique (``a.jpg`` and ``a.png`` become ``a`` and ``a_1``)."""
-    stems, seen = [], set()
-    for name in names:
-        stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(name).stem).strip("._") or "frame"
-        unique, number = stem, 1
-        while unique in seen:
-            unique, number = f"{stem}_{number}", number + 1
-        seen.add(unique)
-        stems.append(unique)
-    return stems
+    """File-name stems of the frames' depth files, unique and in frame order: ``a.jpg`` and
+    ``a.png`` become ``000_a`` and ``001_a`` (:func:`vggt_core.frame_names.export_frame_file_names`)."""
+    return export_frame_file_names(names)
 
 
 def _source_indices(size: int, scale: float, offset: float, model_size: int) -> tuple[np.ndarray, np.ndarray]:

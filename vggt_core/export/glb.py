@@ -60,15 +60,21 @@ class GlbExport:
         path: the ``.glb`` file.
         num_points: points drawn (0 when only the placeholder point was written).
         num_cameras: frustums drawn.
-        confidence_threshold: the confidence value the percentile turned into.
+        min_confidence: the lowest confidence a point needed, an absolute confidence value
+            (what ``ViewSettings.confidence_threshold`` turned into when it is a percentile).
         branch: the prediction branch used (``"depth"`` or ``"point"``).
     """
 
     path: Path
     num_points: int
     num_cameras: int
-    confidence_threshold: float
+    min_confidence: float
     branch: str
+
+    @property
+    def confidence_threshold(self) -> float:
+        """The old name of :attr:`min_confidence` (read-only)."""
+        return self.min_confidence
 
     def __fspath__(self) -> str:
         return os.fspath(self.path)
@@ -247,7 +253,8 @@ def build_scene(recon: Reconstruction, settings: ViewSettings = ViewSettings(),
     scene.metadata.update({
         "num_points": selection.num_points,
         "num_cameras": len(scene.geometry) - 1,
-        "confidence_threshold": float(selection.threshold),
+        # The file's key predates the name min_confidence; readers of the GLB's extras use it.
+        "confidence_threshold": float(selection.min_confidence),
         "branch": selection.branch,
         "alignment": alignment.tolist(),
         # glTF means metres; VGGT's lengths are arbitrary until scaled (docs/scene.md).
@@ -259,15 +266,17 @@ def build_scene(recon: Reconstruction, settings: ViewSettings = ViewSettings(),
 
 def export_glb(recon: Reconstruction, path: str | os.PathLike,
                settings: ViewSettings = ViewSettings(), *, durable: bool = True,
-               quantize: bool = False) -> GlbExport:
+               quantize: bool = False, selection: PointSelection | None = None) -> GlbExport:
     """Write :func:`build_scene` as a ``.glb`` file (atomically; ``durable=False`` skips the
     fsync, for files that are rebuilt after a crash anyway) and report what it shows.
 
     ``quantize`` stores the point positions as 16-bit integers (12 instead of 16 bytes per
     point, see :mod:`vggt_core.export.glb_quantization`); viewers without glTF's
-    ``KHR_mesh_quantization`` cannot read such a file.
+    ``KHR_mesh_quantization`` cannot read such a file. ``selection`` is
+    ``select_points(recon, settings)`` when the caller already has it.
     """
-    selection = select_points(recon, settings)
+    if selection is None:
+        selection = select_points(recon, settings)
     # trimesh writes the cameras and the node tree; the cloud's bytes go in directly, which is
     # several times faster than trimesh's own point export (see glb_points).
     scene = build_scene(recon, settings, selection, stand_in_points=True)
@@ -280,4 +289,4 @@ def export_glb(recon: Reconstruction, path: str | os.PathLike,
     atomic_write_bytes(target, data, durable=durable)
     return GlbExport(path=target, num_points=selection.num_points,
                      num_cameras=int(scene.metadata["num_cameras"]),
-                     confidence_threshold=float(selection.threshold), branch=selection.branch)
+                     min_confidence=float(selection.min_confidence), branch=selection.branch)

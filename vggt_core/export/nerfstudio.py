@@ -20,7 +20,7 @@ import numpy as np
 
 from .. import geometry
 from ..atomic_files import atomic_write_bytes
-from ..filtering import ViewSettings, select_points
+from ..filtering import PointSelection, ViewSettings, select_points
 from ..reconstruction import Reconstruction
 from .photos import OriginalImage, bundle_image_names, write_photos
 from .ply import write_ply
@@ -62,8 +62,10 @@ def nerfstudio_transforms(recon: Reconstruction, image_names: Sequence[str] | No
     return content
 
 
-def _initial_points(recon: Reconstruction, settings: ViewSettings) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(points [P, 3], colours [P, 3] uint8, confidence [P])`` for the trainer to start from."""
+def _initial_points(recon: Reconstruction, settings: ViewSettings, selection: PointSelection | None = None
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(points [P, 3], colours [P, 3] uint8, confidence [P])`` for the trainer to start from:
+    the tracks' points, else ``selection`` (selected from ``settings`` when None)."""
     from ..bundle_adjustment import with_triangulated_tracks
 
     sparse = with_triangulated_tracks(recon)
@@ -71,19 +73,23 @@ def _initial_points(recon: Reconstruction, settings: ViewSettings) -> tuple[np.n
         # The "confidence" of a track point: how many frames observe it.
         return (sparse.sparse_points, sparse.sparse_point_colors,
                 sparse.sparse_observations.sum(axis=0).astype(np.float32))
-    selection = select_points(recon, settings)
+    if selection is None:
+        selection = select_points(recon, settings)
     return selection.points, selection.colors, selection.confidence
 
 
 def export_nerfstudio(recon: Reconstruction, directory: str | os.PathLike,
                       originals: Sequence[OriginalImage | None] | None = None,
-                      settings: ViewSettings = ViewSettings(), *, durable: bool = True) -> Path:
+                      settings: ViewSettings = ViewSettings(), *, durable: bool = True,
+                      selection: PointSelection | None = None) -> Path:
     """Write ``transforms.json``, ``images/`` and ``sparse_pc.ply`` into ``directory``.
 
     Args:
         originals: per frame the original photo (path or PIL image), or None: the stored
             frames are warped back to the photos' size (:mod:`vggt_core.export.photos`).
         settings: choose the initial points when there are no tracks.
+        selection: ``select_points(recon, settings)`` when the caller already has it (it is
+            selected here otherwise, and only when there are no tracks).
 
     Returns:
         The path of ``transforms.json``.
@@ -92,7 +98,7 @@ def export_nerfstudio(recon: Reconstruction, directory: str | os.PathLike,
     target.mkdir(parents=True, exist_ok=True)
     names = bundle_image_names(recon)
     write_photos(recon, target / NERFSTUDIO_IMAGES_DIR, originals, durable=durable)
-    points, colors, confidence = _initial_points(recon, settings)
+    points, colors, confidence = _initial_points(recon, settings, selection)
     write_ply(target / NERFSTUDIO_PLY_NAME, points, colors, confidence,
               comments=(f"units {recon.units or 'arbitrary'}",), durable=durable)
     content = nerfstudio_transforms(recon, names)

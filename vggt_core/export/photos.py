@@ -10,7 +10,6 @@ parts the crop cut off (``--mode crop``) are black.
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Sequence, Union
 
@@ -18,6 +17,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from ..atomic_files import atomic_writer
+from ..frame_names import export_frame_file_names
 from ..reconstruction import Reconstruction
 
 __all__ = ["OriginalImage", "bundle_image_names", "photo_at_original_resolution", "write_photos"]
@@ -25,16 +25,12 @@ __all__ = ["OriginalImage", "bundle_image_names", "photo_at_original_resolution"
 # A path to the photo, or the decoded (EXIF-upright) picture.
 OriginalImage = Union[str, os.PathLike, Image.Image]
 _JPEG_QUALITY = 95
-_UNSAFE_CHARACTERS = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 def bundle_image_names(recon: Reconstruction) -> list[str]:
-    """Unique, file-system and COLMAP-text safe names ``NNN_<stem>.jpg`` in frame order."""
-    names = []
-    for index, name in enumerate(recon.frame_names):
-        stem = _UNSAFE_CHARACTERS.sub("_", Path(name).stem).strip("._") or "frame"
-        names.append(f"{index:03d}_{stem[:80]}.jpg")
-    return names
+    """Unique, file-system and COLMAP-text safe names ``NNN_<stem>.jpg`` in frame order
+    (:func:`vggt_core.frame_names.export_frame_file_name`)."""
+    return export_frame_file_names(recon.frame_names, ".jpg")
 
 
 def _open_original(original: OriginalImage) -> Image.Image:

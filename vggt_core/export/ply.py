@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic_files import atomic_writer
-from ..filtering import ViewSettings, select_points
+from ..filtering import PointSelection, ViewSettings, select_points
 from ..reconstruction import Reconstruction
 
 __all__ = ["PLY_VERTEX_DTYPE", "write_ply", "export_ply"]
@@ -71,9 +71,12 @@ def write_ply(path: str | os.PathLike, points: np.ndarray, colors: np.ndarray,
 
 
 def export_ply(recon: Reconstruction, path: str | os.PathLike,
-               settings: ViewSettings = ViewSettings(), *, durable: bool = True) -> Path:
-    """Write the points that pass ``settings`` (world coordinates, no viewer alignment)."""
-    selection = select_points(recon, settings)
+               settings: ViewSettings = ViewSettings(), *, durable: bool = True,
+               selection: PointSelection | None = None) -> Path:
+    """Write the points that pass ``settings`` (world coordinates, no viewer alignment);
+    ``selection`` is ``select_points(recon, settings)`` when the caller already has it."""
+    if selection is None:
+        selection = select_points(recon, settings)
     return write_ply(path, selection.points, selection.colors, selection.confidence,
                      comments=(f"units {recon.units or 'arbitrary'}", f"scale_factor {recon.scale_factor:.9g}"),
                      durable=durable)

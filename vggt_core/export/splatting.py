@@ -17,13 +17,12 @@ as is. Where the photos come from is explained in :mod:`vggt_core.export.photos`
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
-from ..filtering import ViewSettings
+from ..filtering import PointSelection, ViewSettings
 from ..reconstruction import Reconstruction
+from .archive import write_zipped_folder
 from .colmap import export_colmap
 from .nerfstudio import export_nerfstudio
 from .photos import OriginalImage, bundle_image_names
@@ -35,26 +34,24 @@ SPLATTING_MODEL_SUBDIR = Path("sparse") / "0"
 
 def export_splatting_bundle(recon: Reconstruction, path: str | os.PathLike,
                             originals: Sequence[OriginalImage | None] | None = None,
-                            settings: ViewSettings = ViewSettings(), *, durable: bool = True) -> Path:
+                            settings: ViewSettings = ViewSettings(), *, durable: bool = True,
+                            selection: PointSelection | None = None) -> Path:
     """Write the bundle as one zip at ``path`` (atomically).
 
     Args:
         originals: per frame the original photo (path or PIL image), or None for the stored
             frames warped back to the photos' size.
         settings: choose the initial points when there are no tracks.
+        selection: ``select_points(recon, settings)`` when the caller already has it (it is
+            selected here otherwise); the COLMAP model thins it to its own cap.
 
     Returns:
         ``path`` as a :class:`Path`.
     """
-    from . import zip_folder
-
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    folder = Path(tempfile.mkdtemp(prefix=".splatting-", dir=target.parent))
-    try:
-        export_nerfstudio(recon, folder, originals, settings, durable=False)
+    def fill(folder: Path) -> None:
+        export_nerfstudio(recon, folder, originals, settings, durable=False, selection=selection)
+        # The model's image names are the images/ folder's, so trainers find every photo.
         export_colmap(recon, folder / SPLATTING_MODEL_SUBDIR, settings, binary=True, original_resolution=True,
-                      durable=False, image_names=bundle_image_names(recon))
-        return zip_folder(folder, target, durable=durable)
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+                      durable=False, image_names=bundle_image_names(recon), selection=selection)
+
+    return write_zipped_folder(path, fill, durable=durable)

@@ -9,15 +9,16 @@ from pathlib import Path
 
 import torch
 
-from ..config import VGGTConfig, tiny_config
+from ..config import VGGTConfig
 from ..model import VGGT
+from ..weights import RANDOM_TINY_CHECKPOINT
 
 logger = logging.getLogger(__name__)
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 STATE_FILE = "training_state.pt"
-RANDOM_TINY = "random-tiny"
+RANDOM_TINY = RANDOM_TINY_CHECKPOINT  # the old name
 
 
 class BrokenCheckpointError(RuntimeError):
@@ -78,11 +79,14 @@ def load_training_state(directory: str | os.PathLike) -> dict | None:
 
 def build_model(source: str, config_path: str | os.PathLike | None = None, seed: int = 0,
                 device: torch.device | str = "cpu") -> VGGT:
-    """``random-tiny`` (an untrained tiny model, seeded), or anything ``vggt_core.load_model`` reads."""
-    config = VGGTConfig.from_json(config_path) if config_path else None
-    if source == RANDOM_TINY:
-        torch.manual_seed(seed)
-        return VGGT(config or tiny_config()).to(device)
+    """The model to fine-tune: anything :func:`vggt_core.load_model` resolves (a Hub id, a local
+    file or folder, or ``random-tiny``, whose weights are always those of seed 0, as in the app).
+
+    ``seed`` then seeds the global torch random state for the training run.
+    """
     from ..weights import load_model
 
-    return load_model(source, config=config, device=device)
+    config = VGGTConfig.from_json(config_path) if config_path else None
+    model = load_model(source, config=config, device=device)
+    torch.manual_seed(seed)
+    return model
