@@ -275,11 +275,12 @@ class Reconstruction:
         """Intrinsics re-expressed in each frame's original photo pixels.
 
         Returns:
-            ``[S, 3, 3]`` float64: ``A⁻¹·K`` with ``A`` the photo → model-input affine map, in
-            continuous pixel coordinates with (0, 0) at the top-left image corner (the
-            convention COLMAP also uses).
+            ``[S, 3, 3]`` float64: ``A⁻¹·C·K`` with ``C`` the shift of half a model pixel (model
+            pixel indices → corner-based coordinates) and ``A`` the photo → model-input affine
+            map, in continuous pixel coordinates with (0, 0) at the top-left image corner: the
+            convention of COLMAP, OpenCV and nerfstudio (docs/architecture.md, "Pixel centres").
         """
-        return np.stack([self.frame_transform(index).intrinsics_to_original(self.intrinsics[index])
+        return np.stack([self.frame_transform(index).model_intrinsics_to_photo(self.intrinsics[index])
                          for index in range(self.num_frames)])
 
     @property

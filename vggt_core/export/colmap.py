@@ -3,8 +3,9 @@
 Lets the cameras and points seed COLMAP, Gaussian-splatting or NeRF tools. Every frame gets
 its own PINHOLE camera; by default it is expressed for the original photo, so the model
 matches the user's files rather than the resized model input. COLMAP puts the centre of the
-top-left pixel at (0.5, 0.5), i.e. continuous coordinates with the corner at 0, which is the
-convention of :class:`vggt_core.images.FrameTransform` and hence of the rescaled intrinsics.
+top-left pixel at (0.5, 0.5), i.e. continuous coordinates with the corner at 0, while the model's
+pixel (u, v) sits at the integers (u, v): cameras and 2-D points are shifted by half a model
+pixel before the crop/resize map (docs/architecture.md, "Pixel centres").
 
 With point tracks the model holds real multi-view points: the sparse points of a bundle
 adjustment (or the tracks triangulated from the current cameras), each with every observation
@@ -27,6 +28,7 @@ import numpy as np
 from .. import geometry
 from ..atomic_files import atomic_directory
 from ..filtering import PointSelection, ViewSettings, select_points
+from ..images import FrameTransform
 from ..reconstruction import Reconstruction
 
 if TYPE_CHECKING:  # only for annotations; see the module docstring
@@ -42,15 +44,23 @@ MIN_FIELD_OF_VIEW_RAD = 1e-4
 logger = logging.getLogger(__name__)
 
 
+def _exported_frame_transform(recon: Reconstruction, index: int, original_resolution: bool) -> FrameTransform:
+    """How frame ``index``'s model pixels map to the exported image: its photo, or the model input."""
+    if original_resolution:
+        return recon.frame_transform(index)
+    height, width = recon.image_size_hw
+    return FrameTransform(name=recon.frame_names[index], original_size=(width, height), scale=(1.0, 1.0),
+                          offset=(0.0, 0.0))
+
+
 def _exported_cameras(recon: Reconstruction, original_resolution: bool
                       ) -> tuple[np.ndarray, np.ndarray]:
-    """``(intrinsics [S, 3, 3] float64, sizes [S, 2] (width, height))`` written to the model."""
-    if original_resolution:
-        intrinsics, sizes = recon.intrinsics_at_original_resolution(), recon.original_sizes.astype(np.int64)
-    else:
-        height, width = recon.image_size_hw
-        sizes = np.tile(np.array([[width, height]], dtype=np.int64), (recon.num_frames, 1))
-        intrinsics = recon.intrinsics.astype(np.float64)
+    """``(intrinsics [S, 3, 3] float64, sizes [S, 2] (width, height))`` written to the model, with
+    pixel centres at +0.5 (docs/architecture.md, "Pixel centres")."""
+    transforms = [_exported_frame_transform(recon, index, original_resolution) for index in range(recon.num_frames)]
+    sizes = np.array([transform.original_size for transform in transforms], dtype=np.int64)
+    intrinsics = np.stack([transform.model_intrinsics_to_photo(recon.intrinsics[index].astype(np.float64))
+                           for index, transform in enumerate(transforms)])
     return _with_valid_focal_lengths(intrinsics, sizes, recon.frame_names), sizes
 
 
@@ -158,9 +168,8 @@ def build_colmap_reconstruction_with_tracks(recon: Reconstruction, original_reso
     point2d_index = np.full(observations.shape, -1, dtype=np.int64)
     for index in range(recon.num_frames):
         seen = np.flatnonzero(observations[index])
-        pixels = recon.tracks[index, columns[seen]].astype(np.float64)
-        if original_resolution:
-            pixels = recon.frame_transform(index).processed_to_original(pixels).reshape(-1, 2)
+        pixels = _exported_frame_transform(recon, index, original_resolution).model_pixels_to_photo(
+            recon.tracks[index, columns[seen]].astype(np.float64)).reshape(-1, 2)
         point2d_index[index, seen] = np.arange(len(seen))
         fx, fy, cx, cy = intrinsics[index][[0, 1, 0, 1], [0, 1, 2, 2]]
         model.add_camera_with_trivial_rig(pycolmap.Camera(
