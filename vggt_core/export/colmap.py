@@ -198,8 +198,9 @@ def export_colmap(recon: Reconstruction, directory: str | os.PathLike,
     which is replaced as a whole (:func:`vggt_core.atomic_files.atomic_directory`).
 
     ``settings`` choose the points; the cameras of all frames are always written. When the
-    reconstruction has tracks, the points are its multi-view tracks instead
-    (:func:`build_colmap_reconstruction_with_tracks`) and ``settings`` are not used. The number of
+    reconstruction has tracks that give sound points and no rejected refinement
+    (:func:`vggt_core.bundle_adjustment.track_points_for_export`), the points are its multi-view
+    tracks instead (:func:`build_colmap_reconstruction_with_tracks`) and ``settings`` are not used. The number of
     points is capped at the smaller of ``settings.max_points`` and ``max_points``. Image names
     are the frame names; in the text format spaces in them become underscores, because COLMAP
     cannot read names with spaces from text files. ``image_names`` replaces the frame names
@@ -212,7 +213,10 @@ def export_colmap(recon: Reconstruction, directory: str | os.PathLike,
     settings = dataclasses.replace(settings, max_points=min(caps) if caps else None)
     names = list(image_names) if image_names is not None else recon.frame_names
     names = names if binary else [_text_safe_name(name) for name in names]
-    if recon.tracks is not None:
+    from ..bundle_adjustment import track_points_for_export
+
+    # Tracks only when they give sound points and their refinement (if any) was not rejected.
+    if track_points_for_export(recon) is not None:
         model = build_colmap_reconstruction_with_tracks(recon, original_resolution, image_names=names)
     else:
         model = build_colmap_reconstruction(recon, select_points(recon, settings), original_resolution,
