@@ -199,3 +199,15 @@ def test_depth_scale_file_states_photo_intrinsics_with_centres_at_half_pixels(tm
         pixels = np.stack([camera["fx"] * local[:, 0] / local[:, 2] + camera["cx"],
                            camera["fy"] * local[:, 1] / local[:, 2] + camera["cy"]], axis=1)
         np.testing.assert_allclose(pixels, _photo_centres(recon, index, MODEL_PIXELS), atol=TOLERANCE_PX)
+
+
+def test_a_known_focal_length_exports_its_principal_point_at_the_photo_centre(tmp_path, recon):
+    from vggt_core.intrinsics import apply_camera_choice
+
+    known = apply_camera_choice(recon, "manual", 123.0, "px")
+    export_colmap(known, tmp_path / "sparse")
+    model = pycolmap.Reconstruction(str(tmp_path / "sparse"))
+    for frame, name in enumerate(known.frame_names):
+        camera = model.find_image_with_name(name).camera
+        width, height = recon.original_sizes[frame]
+        np.testing.assert_allclose(camera.params, [123.0, 123.0, width / 2, height / 2], rtol=1e-6)

@@ -46,7 +46,8 @@ REFINEMENT_SET_ASIDE_MESSAGE = ("The camera change set aside the bundle adjustme
 def intrinsics_for_focal_lengths(recon: Reconstruction, focal_lengths_px: Sequence[float]) -> np.ndarray:
     """Model-input intrinsics ``[S, 3, 3]`` (float64) of cameras with focal length
     ``focal_lengths_px [S]`` (photo pixels, square pixels) and the principal point at each
-    photo's centre."""
+    photo's centre: ``(W/2, H/2)`` in the photo's corner-based pixels, mapped to model pixel
+    indices (docs/architecture.md, "Pixel centres"), so that exported cameras put it back there."""
     if len(focal_lengths_px) != recon.num_frames:
         raise InputError(f"{len(focal_lengths_px)} focal lengths for {recon.num_frames} frames")
     matrices = []
@@ -57,7 +58,7 @@ def intrinsics_for_focal_lengths(recon: Reconstruction, focal_lengths_px: Sequen
         transform = recon.frame_transform(index)
         width, height = transform.original_size
         photo = np.array([[focal, 0.0, width / 2.0], [0.0, focal, height / 2.0], [0.0, 0.0, 1.0]])
-        matrices.append(transform.intrinsics_to_processed(photo))
+        matrices.append(transform.photo_intrinsics_to_model(photo))
     return np.stack(matrices)
 
 
