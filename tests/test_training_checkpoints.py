@@ -9,29 +9,14 @@ import json
 import pytest
 import torch
 
+from test_training_learning import data_dir, one_thread  # noqa: F401 (fixtures shared with the loop's tests)
 from vggt_core.atomic_files import is_temporary_name
 from vggt_core.cli import main
-from vggt_core.synthetic import render_scene, save_training_scene
 from vggt_core.training import checkpoints
 from vggt_core.training import trainer as trainer_module
 from vggt_core.training.checkpoints import (MANIFEST_FILE, MODEL_FILE, STATE_FILE, IncompleteCheckpointError,
                                             checkpoint_step, load_training_state, save_checkpoint)
 from vggt_core.training.trainer import Trainer, TrainingSettings
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("scenes")
-    save_training_scene(render_scene("room", num_views=4, width=84, height=56, seed=0), root / "room")
-    return root
 
 
 def _settings(data_dir, out, **changes) -> TrainingSettings:
