@@ -338,8 +338,8 @@ def test_colmap_writes_valid_cameras_for_degenerate_predictions(tmp_path, recon,
     narrowest = 0.5 / np.tan(MIN_FIELD_OF_VIEW_RAD / 2)
     np.testing.assert_allclose(model.camera(2).params[:2], [recon.intrinsics[1, 0, 0], HEIGHT * narrowest])
     np.testing.assert_allclose(model.camera(3).params[:2], [WIDTH * narrowest, recon.intrinsics[2, 1, 1]])
-    np.testing.assert_allclose(model.camera(1).params, recon.intrinsics[0][[0, 1, 0, 1], [0, 1, 2, 2]] + [0, 0, 0.5, 0.5],
-                               rtol=1e-6)  # pixel centres at +0.5
+    np.testing.assert_allclose(model.camera(1).params,  # pixel centres at +0.5
+                               recon.intrinsics[0][[0, 1, 0, 1], [0, 1, 2, 2]] + [0, 0, 0.5, 0.5], rtol=1e-6)
     assert "room_001" in caplog.text and "room_002" in caplog.text and "invalid focal length" in caplog.text
 
 

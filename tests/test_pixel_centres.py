@@ -181,7 +181,8 @@ def test_splatting_bundle_cameras_and_our_reader_agree(tmp_path, recon):
     scene = read_colmap_scene(folder)
     for frame_data in scene.frames:
         index = names.index(frame_data.image_path.name)
-        camera = (frame_data.extrinsic[:, :3] @ _unprojected(recon, index, MODEL_PIXELS).T).T + frame_data.extrinsic[:, 3]
+        points = _unprojected(recon, index, MODEL_PIXELS)
+        camera = (frame_data.extrinsic[:, :3] @ points.T).T + frame_data.extrinsic[:, 3]
         pixels = (frame_data.intrinsic @ camera.T).T
         np.testing.assert_allclose(pixels[:, :2] / pixels[:, 2:], _photo_centres(recon, index, MODEL_PIXELS) - 0.5,
                                    atol=TOLERANCE_PX)

@@ -192,19 +192,18 @@ def _sound_observations(points: np.ndarray, tracks: np.ndarray, observations: np
     return sound
 
 
-def _with_sparse_points(recon: Reconstruction, points: np.ndarray, columns: np.ndarray, observations: np.ndarray,
-                        **changes: Any) -> Reconstruction:
+def _with_sparse_points(recon: Reconstruction, points: np.ndarray, columns: np.ndarray,
+                        observations: np.ndarray) -> Reconstruction:
     """A copy holding the sparse ``points [P, 3]`` of track ``columns [P]`` seen by ``observations
-    [S, P]``, keeping only the points with 2 or more observations; ``changes`` replace other fields."""
+    [S, P]``, keeping only the points with 2 or more observations."""
     kept = observations.sum(axis=0) >= 2
     columns = columns[kept]
     full = np.zeros((recon.num_frames, recon.tracks.shape[1]), dtype=bool)
     full[:, columns] = observations[:, kept]
-    changes.setdefault("info", dict(recon.info))
     return dataclasses.replace(
-        recon, frame_names=list(recon.frame_names), sparse_points=points[kept].astype(np.float32),
-        sparse_point_colors=_point_colors(recon, columns, full), sparse_point_tracks=columns.astype(np.int64),
-        sparse_observations=observations[:, kept], **changes)
+        recon, frame_names=list(recon.frame_names), info=dict(recon.info),
+        sparse_points=points[kept].astype(np.float32), sparse_point_colors=_point_colors(recon, columns, full),
+        sparse_point_tracks=columns.astype(np.int64), sparse_observations=observations[:, kept])
 
 
 def with_triangulated_tracks(recon: Reconstruction, *,
@@ -357,11 +356,10 @@ def _in_input_gauge(extrinsics: np.ndarray, points: np.ndarray, input_extrinsics
     camera centres from frame 0's equal the input's. Frame 0 is *not* moved to the identity: the
     point map and everything else stay in the input's world.
     """
-    centres = _camera_centres(extrinsics)
     if len(extrinsics) < 2:
         return extrinsics, points
-    target = float(np.linalg.norm(_camera_centres(input_extrinsics.astype(np.float64))[1:]
-                                  - _camera_centres(input_extrinsics.astype(np.float64))[0], axis=1).mean())
+    centres, input_centres = _camera_centres(extrinsics), _camera_centres(input_extrinsics.astype(np.float64))
+    target = float(np.linalg.norm(input_centres[1:] - input_centres[0], axis=1).mean())
     current = float(np.linalg.norm(centres[1:] - centres[0], axis=1).mean())
     if not (target > 0 and current > 0 and np.isfinite(target / current)):
         return extrinsics, points
@@ -405,8 +403,8 @@ def _counts(tracks: np.ndarray, inliers: np.ndarray, used: np.ndarray, recon: Re
 # --------------------------------------------------------------------------------------------
 
 
-def bundle_adjust(recon: Reconstruction, *, max_reprojection_error: float = DEFAULT_MAX_REPROJECTION_ERROR_PX, shared_camera: bool = False,
-                  camera_model: str = "SIMPLE_PINHOLE", min_visibility: float = 0.2,
+def bundle_adjust(recon: Reconstruction, *, max_reprojection_error: float = DEFAULT_MAX_REPROJECTION_ERROR_PX,
+                  shared_camera: bool = False, camera_model: str = "SIMPLE_PINHOLE", min_visibility: float = 0.2,
                   fix_focal: bool | None = None, min_tracks: int = DEFAULT_MIN_TRACKS,
                   max_iterations: int = 100, refinement_rounds: int = 3, progress: ProgressCallback | None = None) -> BundleAdjustmentResult:
     """Refine cameras, focal lengths and points on the reconstruction's tracks.

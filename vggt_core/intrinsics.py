@@ -99,8 +99,8 @@ def _camera_change(recon: Reconstruction, intrinsics: np.ndarray, predicted: np.
     extrinsics = np.asarray(extrinsics, dtype=np.float32)
     return dataclasses.replace(
         recon, extrinsics=extrinsics, intrinsics=intrinsics, predicted_intrinsics=predicted,
-        frame_names=list(recon.frame_names), points_from_depth=_unproject_in_chunks(recon.depth, extrinsics, intrinsics),
-        info=info, **sparse)
+        frame_names=list(recon.frame_names), info=info, **sparse,
+        points_from_depth=_unproject_in_chunks(recon.depth, extrinsics, intrinsics))
 
 
 def with_predicted_intrinsics(recon: Reconstruction) -> Reconstruction:
