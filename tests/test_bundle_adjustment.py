@@ -115,7 +115,7 @@ def test_bundle_adjustment_recovers_the_true_cameras(truth, adjusted):
 def test_the_result_keeps_the_input_gauge(adjusted):
     start, result = adjusted
     refined = result.reconstruction
-    np.testing.assert_allclose(refined.extrinsics[0], np.eye(3, 4), atol=1e-6)
+    np.testing.assert_allclose(refined.extrinsics[0], start.extrinsics[0], atol=1e-6)
 
     def mean_centre_distance(extrinsics):
         centres = -np.einsum("sji,sj->si", extrinsics[:, :, :3], extrinsics[:, :, 3])
@@ -172,7 +172,12 @@ def test_too_few_tracks_gives_the_input_back_with_a_message(truth):
                               track_confidence=truth.track_confidence[:, :5], query_points=truth.query_points[:5],
                               track_query_frames=truth.track_query_frames[:5], frame_names=list(truth.frame_names))
     result = bundle_adjust(few)
-    assert result.reconstruction is few and not result.report.refined
+    assert not result.report.refined
+    kept = result.reconstruction
+    np.testing.assert_array_equal(kept.extrinsics, few.extrinsics)
+    np.testing.assert_array_equal(kept.intrinsics, few.intrinsics)
+    assert kept.sparse_points is None and not kept.info.get("cameras_refined")
+    assert kept.info["bundle_adjustment"] == json.loads(json.dumps(result.report.as_dict()))
     assert result.report.message.startswith("Too few usable tracks") and result.report.tracks_used <= 5
     no_tracks = dataclasses.replace(truth, tracks=None, track_visibility=None, track_confidence=None,
                                     query_points=None, track_query_frames=None, frame_names=list(truth.frame_names))

@@ -277,10 +277,13 @@ def test_colmap_model_reads_back_with_true_cameras_and_points(tmp_path, cropped_
         assert (camera.width, camera.height) == PHOTO_SIZE
         fx, fy = cropped_recon.intrinsics[index, 0, 0], cropped_recon.intrinsics[index, 1, 1]
         cx, cy = cropped_recon.intrinsics[index, 0, 2], cropped_recon.intrinsics[index, 1, 2]
-        np.testing.assert_allclose(camera.params, [fx / SCALE, fy / SCALE, cx / SCALE,
-                                                   (cy - OFFSET_Y) / SCALE], rtol=1e-6)
-        # The principal point of a centre crop is the photo's centre.
-        np.testing.assert_allclose(camera.params[2:], [PHOTO_SIZE[0] / 2, PHOTO_SIZE[1] / 2], rtol=1e-6)
+        # Model pixel indices sit half a pixel before COLMAP's corner-based coordinates.
+        np.testing.assert_allclose(camera.params, [fx / SCALE, fy / SCALE, (cx + 0.5) / SCALE,
+                                                   (cy + 0.5 - OFFSET_Y) / SCALE], rtol=1e-6)
+        # VGGT's principal point (W/2 in model pixel indices) is half a model pixel right of and
+        # below the centre of a centre crop, which is the photo's centre.
+        np.testing.assert_allclose(camera.params[2:], [PHOTO_SIZE[0] / 2 + 0.5 / SCALE,
+                                                       PHOTO_SIZE[1] / 2 + 0.5 / SCALE], rtol=1e-6)
 
     selection = select_points(cropped_recon, settings)
     assert model.num_points3D() == selection.num_points == 3000
@@ -300,7 +303,7 @@ def test_colmap_model_reads_back_with_true_cameras_and_points(tmp_path, cropped_
         assert observation.point3D_id == point_id
         np.testing.assert_allclose(observation.xy, image.project_point(point.xyz), atol=1e-4)
         # Mapped back into the model input, the observation is the pixel the point came from.
-        column, row = observation.xy[0] * SCALE, observation.xy[1] * SCALE + OFFSET_Y
+        column, row = observation.xy[0] * SCALE - 0.5, observation.xy[1] * SCALE + OFFSET_Y - 0.5
         pixel = np.round([column, row]).astype(int)
         np.testing.assert_allclose([column, row], pixel, atol=1e-3)
         frame = element.image_id - 1
@@ -314,7 +317,8 @@ def test_colmap_at_model_resolution_and_default_cap(tmp_path, recon):
     model = pycolmap.Reconstruction(str(directory))
     camera = model.camera(1)
     assert (camera.width, camera.height) == (WIDTH, HEIGHT)
-    np.testing.assert_allclose(camera.params, recon.intrinsics[0][[0, 1, 0, 1], [0, 1, 2, 2]], rtol=1e-6)
+    np.testing.assert_allclose(camera.params, recon.intrinsics[0][[0, 1, 0, 1], [0, 1, 2, 2]] + [0, 0, 0.5, 0.5],
+                               rtol=1e-6)
     assert model.num_points3D() == 500
 
 
@@ -334,7 +338,8 @@ def test_colmap_writes_valid_cameras_for_degenerate_predictions(tmp_path, recon,
     narrowest = 0.5 / np.tan(MIN_FIELD_OF_VIEW_RAD / 2)
     np.testing.assert_allclose(model.camera(2).params[:2], [recon.intrinsics[1, 0, 0], HEIGHT * narrowest])
     np.testing.assert_allclose(model.camera(3).params[:2], [WIDTH * narrowest, recon.intrinsics[2, 1, 1]])
-    np.testing.assert_allclose(model.camera(1).params, recon.intrinsics[0][[0, 1, 0, 1], [0, 1, 2, 2]], rtol=1e-6)
+    np.testing.assert_allclose(model.camera(1).params,  # pixel centres at +0.5
+                               recon.intrinsics[0][[0, 1, 0, 1], [0, 1, 2, 2]] + [0, 0, 0.5, 0.5], rtol=1e-6)
     assert "room_001" in caplog.text and "room_002" in caplog.text and "invalid focal length" in caplog.text
 
 

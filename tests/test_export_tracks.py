@@ -110,8 +110,11 @@ def test_splatting_bundle_layout_and_intrinsics_scale(tmp_path, refined):
         index = image.image_id - 1
         np.testing.assert_allclose(image.camera.calibration_matrix(), recon.intrinsics_at_original_resolution()[index],
                                    rtol=1e-6)
-        np.testing.assert_allclose(image.camera.calibration_matrix()[:2],
-                                   recon.intrinsics[index][:2] * PHOTO_SCALE, rtol=1e-5)
+        # Focal lengths scale with the photo; the principal point is shifted by half a model pixel
+        # (model pixel indices → COLMAP's corner-based coordinates) before it scales.
+        expected = recon.intrinsics[index].astype(np.float64) * PHOTO_SCALE
+        expected[:2, 2] = (recon.intrinsics[index, :2, 2] + 0.5) * PHOTO_SCALE
+        np.testing.assert_allclose(image.camera.calibration_matrix()[:2], expected[:2], rtol=1e-5)
         # Without the originals, the photo is the model input warped back: it matches when shrunk again.
         shrunk = np.asarray(photo.resize((width, height), Image.Resampling.BOX), dtype=np.float64)
         assert np.abs(shrunk - recon.images[index]).mean() < 12

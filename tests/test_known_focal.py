@@ -19,16 +19,24 @@ from vggt_core.reconstruction import Reconstruction, reconstruction_from_synthet
 from vggt_core.synthetic import render_scene
 
 # Photos twice the model input, cropped symmetrically (7 model rows off the top and the bottom),
-# so the photo's centre is the model-input centre, as in the synthetic cameras.
+# so the photo's centre is the model-input centre.
 PHOTO_SIZE = (168, 140)
 TRANSFORM = (0.5, 0.5, 0.0, -7.0)
 
 
 @pytest.fixture(scope="module")
 def truth() -> Reconstruction:
+    """A camera whose principal point is at the photo's centre: the model input's centre, which is
+    ((W − 1)/2, (H − 1)/2) in model pixel indices (the renderer's cameras use VGGT's (W/2, H/2))."""
     recon = reconstruction_from_synthetic_scene(render_scene("table", num_views=2, width=84, height=56, seed=2))
-    return dataclasses.replace(recon, original_sizes=np.tile(PHOTO_SIZE, (2, 1)),
-                               image_transforms=np.tile(TRANSFORM, (2, 1)))
+    height, width = recon.image_size_hw
+    intrinsics = recon.intrinsics.copy()
+    intrinsics[:, :2, 2] = [(width - 1) / 2, (height - 1) / 2]
+    from vggt_core.reconstruction import _unproject_in_chunks
+
+    return dataclasses.replace(recon, intrinsics=intrinsics, original_sizes=np.tile(PHOTO_SIZE, (2, 1)),
+                               image_transforms=np.tile(TRANSFORM, (2, 1)), frame_names=list(recon.frame_names),
+                               points_from_depth=_unproject_in_chunks(recon.depth, recon.extrinsics, intrinsics))
 
 
 @pytest.fixture(scope="module")

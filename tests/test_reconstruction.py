@@ -135,10 +135,11 @@ def test_reconstruct_records_transforms_and_tracks(scene):
     np.testing.assert_allclose(recon.image_transforms[2], [WIDTH / 200, WIDTH / 200, 0.0, -1.6])
     original = recon.intrinsics_at_original_resolution()
     for index, transform in enumerate(transforms):
-        np.testing.assert_allclose(original[index], transform.intrinsics_to_original(recon.intrinsics[index]))
+        np.testing.assert_allclose(original[index], transform.model_intrinsics_to_photo(recon.intrinsics[index]))
     scale = WIDTH / 200
     np.testing.assert_allclose(original[1, 0, 0], recon.intrinsics[1, 0, 0] / scale, rtol=1e-6)
-    np.testing.assert_allclose(original[1, 1, 2], (recon.intrinsics[1, 1, 2] - (-2.6)) / scale, rtol=1e-6)
+    # Model pixel indices are half a pixel before the photo's corner-based coordinates.
+    np.testing.assert_allclose(original[1, 1, 2], (recon.intrinsics[1, 1, 2] + 0.5 - (-2.6)) / scale, rtol=1e-6)
 
     np.testing.assert_array_equal(recon.query_points, queries)
     assert recon.tracks.shape == (NUM_VIEWS, 3, 2)
@@ -298,7 +299,9 @@ def test_defaults_and_shape_validation(scene):
                            points_from_depth=recon.points_from_depth)
     assert plain.frame_names == ["frame_000", "frame_001", "frame_002", "frame_003"]
     np.testing.assert_array_equal(plain.original_sizes, [[WIDTH, HEIGHT]] * NUM_VIEWS)
-    np.testing.assert_allclose(plain.intrinsics_at_original_resolution(), recon.intrinsics, rtol=1e-6)
+    # The photo is the model input: only the half-pixel shift to corner-based coordinates remains.
+    np.testing.assert_allclose(plain.intrinsics_at_original_resolution(),
+                               recon.intrinsics + np.array([[0, 0, 0.5], [0, 0, 0.5], [0, 0, 0]]), rtol=1e-6)
     with pytest.raises(InputError, match="depth"):
         dataclasses.replace(recon, depth=recon.depth[:, :-1])
     with pytest.raises(InputError, match="uint8"):

@@ -139,7 +139,9 @@ def test_a_broken_model_never_overwrites_a_checkpoint(data_dir, tmp_path):
     with pytest.raises(BrokenCheckpointError):
         save_checkpoint(trainer.model, tmp_path / "other", step=2)
     assert not (tmp_path / "other" / MODEL_FILE).exists()
-    assert not [p for p in (tmp_path / "broken").iterdir() if p.name.endswith(".tmp")]
+    from vggt_core.atomic_files import is_temporary_name
+
+    assert not [p for p in (tmp_path / "broken").iterdir() if is_temporary_name(p.name)]
 
 
 def test_finetune_command_end_to_end_and_resume(data_dir, tmp_path, capsys):

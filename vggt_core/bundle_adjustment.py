@@ -3,13 +3,21 @@
 VGGT's most accurate cameras come from feeding its predictions to bundle adjustment: each track
 (:mod:`vggt_core.tracks`) is triangulated from the predicted cameras, observations that reproject
 badly are dropped, and pycolmap (Ceres) refines cameras, focal lengths and points together. The
-result keeps the input's gauge: frame 0 at the identity and the input's scale. See docs/tracks.md.
+result keeps the input's gauge: frame 0 keeps its input pose and the input's scale is restored, so
+the refined cameras, the depth points, the point map and the sparse points stay in one frame.
+
+A refinement is only kept when it makes things better: one that raises the mean reprojection
+error, or gives non-finite cameras or points, is rejected (the input cameras are kept and the
+report says why). Sparse points that are not finite, lie behind a camera that observes them or
+reproject further than the threshold are dropped, here and before any export
+(:func:`track_points_for_export`). See docs/tracks.md.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -21,7 +29,7 @@ from .geometry import unproject_depth_maps_in_frame_chunks
 from .reconstruction import Reconstruction
 
 __all__ = ["BundleAdjustmentReport", "BundleAdjustmentResult", "CAMERA_MODELS", "bundle_adjust",
-           "triangulate_tracks", "with_triangulated_tracks"]
+           "track_points_for_export", "triangulate_tracks", "with_triangulated_tracks"]
 
 # Camera models whose refined parameters a pinhole intrinsic matrix can hold.
 CAMERA_MODELS = ("SIMPLE_PINHOLE", "PINHOLE")
@@ -33,6 +41,8 @@ _LOSS_SCALE_PX = 2.0
 _SAME_OBSERVATIONS_FRACTION = 0.01
 # Focal lengths that are known (EXIF, or typed in) are kept fixed by default.
 _KNOWN_FOCAL_SOURCES = ("exif", "manual")
+# Observations further than this (model-input pixels) from their point are left out by default.
+DEFAULT_MAX_REPROJECTION_ERROR_PX = 8.0
 
 logger = logging.getLogger(__name__)
 ProgressCallback = Callable[[float, str], None]
@@ -50,8 +60,10 @@ class BundleAdjustmentReport:
         observations: observations (frame, track) bundle adjustment used.
         mean_error_before_px: mean reprojection error of those observations with the input
             cameras (model-input pixels), or None when nothing was triangulated.
-        mean_error_after_px: the same after refinement, or None when not refined.
+        mean_error_after_px: the same after refinement, or None when not refined (for a rejected
+            refinement: what it would have been).
         seconds: wall time of the whole call.
+        max_reprojection_error_px: the threshold the observations were kept with.
     """
 
     refined: bool
@@ -62,6 +74,7 @@ class BundleAdjustmentReport:
     mean_error_before_px: float | None = None
     mean_error_after_px: float | None = None
     seconds: float = 0.0
+    max_reprojection_error_px: float = DEFAULT_MAX_REPROJECTION_ERROR_PX
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-serialisable copy (also stored as ``info["bundle_adjustment"]``)."""
@@ -74,7 +87,8 @@ class BundleAdjustmentReport:
 
 @dataclass
 class BundleAdjustmentResult:
-    """``reconstruction``: refined (or the input, unrefined, when it failed); ``report``."""
+    """``reconstruction``: refined, or the input's cameras and points when the refinement failed or
+    was rejected (with the report in ``info["bundle_adjustment"]``); ``report``."""
 
     reconstruction: Reconstruction
     report: BundleAdjustmentReport
@@ -166,21 +180,75 @@ def _triangulate_with_inliers(tracks: np.ndarray, observed: np.ndarray, extrinsi
     return points, inliers, errors
 
 
-def with_triangulated_tracks(recon: Reconstruction, *, max_reprojection_error: float = 8.0,
-                             min_visibility: float = 0.2) -> Reconstruction:
-    """A copy whose ``sparse_*`` points are the tracks triangulated from the current cameras
-    (no refinement), keeping observations within ``max_reprojection_error`` px; ``recon`` itself
-    when it already has sparse points or has no tracks. Used by exports of unrefined scenes."""
-    if recon.sparse_points is not None or recon.tracks is None:
-        return recon
-    tracks = recon.tracks.astype(np.float64)
-    points, inliers, _ = _triangulate_with_inliers(tracks, _select_observations(recon, min_visibility),
-                                                   recon.extrinsics, recon.intrinsics, float(max_reprojection_error))
-    used = np.flatnonzero(inliers.sum(axis=0) >= 2)
+def _sound_observations(points: np.ndarray, tracks: np.ndarray, observations: np.ndarray, extrinsics: np.ndarray,
+                        intrinsics: np.ndarray, max_error: float) -> np.ndarray:
+    """``[S, P]`` bool: the ``observations [S, P]`` of ``points [P, 3]`` (at ``tracks [S, P, 2]``)
+    whose point is finite, in front of the observing camera and within ``max_error`` px of it;
+    a point left with fewer than 2 of them loses them all (it can no longer be checked)."""
+    finite = np.isfinite(points).all(axis=1)
+    safe_points = np.where(finite[:, None], points, 0.0)
+    errors, depth = _reprojection_errors(safe_points, tracks, extrinsics, intrinsics)
+    sound = observations & finite[None] & (depth > 0) & (errors <= max_error)
+    sound[:, sound.sum(axis=0) < 2] = False
+    return sound
+
+
+def _with_sparse_points(recon: Reconstruction, points: np.ndarray, columns: np.ndarray,
+                        observations: np.ndarray) -> Reconstruction:
+    """A copy holding the sparse ``points [P, 3]`` of track ``columns [P]`` seen by ``observations
+    [S, P]``, keeping only the points with 2 or more observations."""
+    kept = observations.sum(axis=0) >= 2
+    columns = columns[kept]
+    full = np.zeros((recon.num_frames, recon.tracks.shape[1]), dtype=bool)
+    full[:, columns] = observations[:, kept]
     return dataclasses.replace(
         recon, frame_names=list(recon.frame_names), info=dict(recon.info),
-        sparse_points=points[used].astype(np.float32), sparse_point_colors=_point_colors(recon, used, inliers),
-        sparse_point_tracks=used.astype(np.int64), sparse_observations=inliers[:, used])
+        sparse_points=points[kept].astype(np.float32), sparse_point_colors=_point_colors(recon, columns, full),
+        sparse_point_tracks=columns.astype(np.int64), sparse_observations=observations[:, kept])
+
+
+def with_triangulated_tracks(recon: Reconstruction, *,
+                             max_reprojection_error: float = DEFAULT_MAX_REPROJECTION_ERROR_PX,
+                             min_visibility: float = 0.2) -> Reconstruction:
+    """A copy whose ``sparse_*`` points are sound: the tracks triangulated from the current cameras
+    (no refinement) when it has none, else its own sparse points; in both cases only observations
+    of finite points, in front of their camera and within the threshold (``max_reprojection_error``
+    px, or the one bundle adjustment used) are kept, and points with 2 or more of them. ``recon``
+    itself when it has no tracks. Used by exports (see :func:`track_points_for_export`)."""
+    if recon.tracks is None:
+        return recon
+    tracks = recon.tracks.astype(np.float64)
+    extrinsics, intrinsics = recon.extrinsics.astype(np.float64), recon.intrinsics.astype(np.float64)
+    if recon.sparse_points is not None:
+        report = recon.info.get("bundle_adjustment") or {}
+        threshold = float(report.get("max_reprojection_error_px") or max_reprojection_error)
+        columns = recon.sparse_point_tracks
+        points = recon.sparse_points.astype(np.float64)
+        sound = _sound_observations(points, tracks[:, columns], recon.sparse_observations, extrinsics, intrinsics,
+                                    threshold)
+        if sound.sum() == recon.sparse_observations.sum():
+            return recon
+        return _with_sparse_points(recon, points, columns, sound)
+    points, inliers, _ = _triangulate_with_inliers(tracks, _select_observations(recon, min_visibility),
+                                                   extrinsics, intrinsics, float(max_reprojection_error))
+    sound = _sound_observations(points, tracks, inliers, extrinsics, intrinsics, float(max_reprojection_error))
+    return _with_sparse_points(recon, points, np.arange(tracks.shape[1]), sound)
+
+
+def track_points_for_export(recon: Reconstruction) -> Reconstruction | None:
+    """The reconstruction with sound multi-view ``sparse_*`` points (:func:`with_triangulated_tracks`)
+    for an export to write, or None when an export should write its ordinary points instead: the
+    scene has no tracks, its bundle adjustment was rejected or skipped (its tracks did not make a
+    better model), or no track gives a sound point."""
+    if recon.tracks is None:
+        return None
+    report = recon.info.get("bundle_adjustment")
+    if isinstance(report, dict) and not report.get("refined", False):
+        return None
+    tracked = with_triangulated_tracks(recon)
+    if tracked.sparse_points is None or len(tracked.sparse_points) == 0:
+        return None
+    return tracked
 
 
 # --------------------------------------------------------------------------------------------
@@ -274,27 +342,33 @@ def _refined_arrays(model, point_ids: list[int], num_frames: int, shared_camera:
     return extrinsics, intrinsics, points
 
 
+def _camera_centres(extrinsics: np.ndarray) -> np.ndarray:
+    """``[S, 3, 4]`` world-to-camera → ``[S, 3]`` centres ``−Rᵀt``."""
+    return -np.einsum("sji,sj->si", extrinsics[:, :, :3], extrinsics[:, :, 3])
+
+
 def _in_input_gauge(extrinsics: np.ndarray, points: np.ndarray, input_extrinsics: np.ndarray
                     ) -> tuple[np.ndarray, np.ndarray]:
-    """Re-express refined cameras ``[S, 3, 4]`` and points ``[P, 3]`` in frame 0's camera and
-    rescale them so that the mean distance of the camera centres from frame 0's equals the input's."""
-    first = np.eye(4)
-    first[:3] = extrinsics[0]
-    first_inverse = np.linalg.inv(first)
-    moved = np.einsum("sij,jk->sik", extrinsics, first_inverse)  # [R_i | t_i] · T₀⁻¹
-    moved_points = points @ first[:3, :3].T + first[:3, 3]
+    """Refined cameras ``[S, 3, 4]`` and points ``[P, 3]`` at the input's scale.
 
-    def mean_centre_distance(cameras: np.ndarray) -> float:
-        centres = -np.einsum("sji,sj->si", cameras[:, :, :3], cameras[:, :, 3])
-        first_centre = centres[0]
-        return float(np.linalg.norm(centres[1:] - first_centre, axis=1).mean()) if len(cameras) > 1 else 0.0
-
-    target, current = mean_centre_distance(input_extrinsics.astype(np.float64)), mean_centre_distance(moved)
-    if target > 0 and current > 0 and np.isfinite(target / current):
-        factor = target / current
-        moved[:, :, 3] *= factor
-        moved_points = moved_points * factor
-    return moved, moved_points
+    pycolmap held frame 0 at its input pose, so position and orientation are the input's; only
+    the scale drifted. The scaling about frame 0's camera centre ``c₀`` (``X ↦ c₀ + k·(X − c₀)``,
+    so ``t_i ↦ k·t_i + (k − 1)·R_i·c₀``) keeps frame 0's pose and makes the mean distance of the
+    camera centres from frame 0's equal the input's. Frame 0 is *not* moved to the identity: the
+    point map and everything else stay in the input's world.
+    """
+    if len(extrinsics) < 2:
+        return extrinsics, points
+    centres, input_centres = _camera_centres(extrinsics), _camera_centres(input_extrinsics.astype(np.float64))
+    target = float(np.linalg.norm(input_centres[1:] - input_centres[0], axis=1).mean())
+    current = float(np.linalg.norm(centres[1:] - centres[0], axis=1).mean())
+    if not (target > 0 and current > 0 and np.isfinite(target / current)):
+        return extrinsics, points
+    factor = target / current
+    first_centre = centres[0]
+    scaled = extrinsics.copy()
+    scaled[:, :, 3] = factor * extrinsics[:, :, 3] + (factor - 1.0) * (extrinsics[:, :, :3] @ first_centre)
+    return scaled, first_centre + factor * (points - first_centre)
 
 
 def _point_colors(recon: Reconstruction, columns: np.ndarray, inliers: np.ndarray) -> np.ndarray:
@@ -330,8 +404,8 @@ def _counts(tracks: np.ndarray, inliers: np.ndarray, used: np.ndarray, recon: Re
 # --------------------------------------------------------------------------------------------
 
 
-def bundle_adjust(recon: Reconstruction, *, max_reprojection_error: float = 8.0, shared_camera: bool = False,
-                  camera_model: str = "SIMPLE_PINHOLE", min_visibility: float = 0.2,
+def bundle_adjust(recon: Reconstruction, *, max_reprojection_error: float = DEFAULT_MAX_REPROJECTION_ERROR_PX,
+                  shared_camera: bool = False, camera_model: str = "SIMPLE_PINHOLE", min_visibility: float = 0.2,
                   fix_focal: bool | None = None, min_tracks: int = DEFAULT_MIN_TRACKS,
                   max_iterations: int = 100, refinement_rounds: int = 3, progress: ProgressCallback | None = None) -> BundleAdjustmentResult:
     """Refine cameras, focal lengths and points on the reconstruction's tracks.
@@ -356,8 +430,11 @@ def bundle_adjust(recon: Reconstruction, *, max_reprojection_error: float = 8.0,
     Returns:
         The refined reconstruction (``extrinsics``, ``intrinsics``, ``points_from_depth``
         recomputed, the ``sparse_*`` points with colours and observations,
-        ``info["bundle_adjustment"]`` = the report and ``info["cameras_refined"] = True``) and
-        the report; on failure the input itself and a report saying why.
+        ``info["bundle_adjustment"]`` = the report, ``info["cameras_refined"] = True`` and the
+        network's own intrinsics in ``predicted_intrinsics``) and the report. When it fails or is
+        rejected (a higher mean reprojection error, non-finite results, too few sound tracks):
+        the input's cameras and points with the report (``refined=False``, a one-sentence
+        ``message``) in ``info["bundle_adjustment"]`` (the input itself when it was refined before).
 
     Raises:
         InputError: an unknown camera model, or thresholds that are not positive.
@@ -373,8 +450,15 @@ def bundle_adjust(recon: Reconstruction, *, max_reprojection_error: float = 8.0,
 
     def failed(message: str, **counts: Any) -> BundleAdjustmentResult:
         logger.warning("bundle adjustment: %s", message)
-        return BundleAdjustmentResult(recon, BundleAdjustmentReport(
-            refined=False, message=message, seconds=time.perf_counter() - started, **counts))
+        report = BundleAdjustmentReport(refined=False, message=message, seconds=time.perf_counter() - started,
+                                        max_reprojection_error_px=float(max_reprojection_error), **counts)
+        if recon.info.get("cameras_refined"):
+            return BundleAdjustmentResult(recon, report)  # an earlier refinement and its report stand
+        # The input's cameras and points, with the report: exports then know that its tracks did
+        # not make a better model (track_points_for_export).
+        kept = dataclasses.replace(recon, frame_names=list(recon.frame_names),
+                                   info={**recon.info, "bundle_adjustment": report.as_dict()})
+        return BundleAdjustmentResult(kept, report)
 
     if recon.tracks is None or recon.tracks.shape[1] == 0:
         return failed("No point tracks to adjust on: track points first (vggt_core.tracks.track_reconstruction).")
@@ -424,31 +508,73 @@ def bundle_adjust(recon: Reconstruction, *, max_reprojection_error: float = 8.0,
                               and (round_intrinsics[:, 1, 1] > 0).all()):
             if round_index == 0:
                 return failed(reason if not usable else
-                              "Bundle adjustment gave invalid cameras; the input cameras are kept.",
+                              "Bundle adjustment gave non-finite cameras or points, so the input cameras are kept.",
                               **_counts(tracks, round_inliers, round_used, recon))
             break
         extrinsics, intrinsics, refined_points = round_extrinsics, round_intrinsics, round_points
         used, inliers = round_used, round_inliers
     extrinsics, refined_points = _in_input_gauge(extrinsics, refined_points, recon.extrinsics)
+
+    # Never worse: over every observation it refined on, the mean error must not have grown (a
+    # degenerate point, e.g. one sent to infinity, makes it grow without bound).
     counts = _counts(tracks, inliers, used, recon)
+    mean_after = _mean_error(refined_points, tracks[:, used], inliers[:, used], extrinsics, intrinsics)
+    if not mean_after <= counts["mean_error_before_px"]:
+        return failed(f"Bundle adjustment raised the mean reprojection error from "
+                      f"{_pixels_label(counts['mean_error_before_px'])} to {_pixels_label(mean_after)}, so the "
+                      "input cameras are kept.", mean_error_after_px=mean_after, **counts)
+    # Points behind a camera that sees them, or too far from an observation, are left out.
+    sound = np.zeros_like(inliers)
+    sound[:, used] = _sound_observations(refined_points, tracks[:, used], inliers[:, used], extrinsics, intrinsics,
+                                         float(max_reprojection_error))
+    kept = sound[:, used].sum(axis=0) >= 2
+    used, refined_points = used[kept], refined_points[kept]
+    counts = _counts(tracks, sound, used, recon)
+    observations = sound[:, used]
+    mean_after = _mean_error(refined_points, tracks[:, used], observations, extrinsics, intrinsics)
+    if len(used) < min_tracks:
+        return failed(f"Bundle adjustment left {len(used)} tracks within {max_reprojection_error:g} px in front of "
+                      f"their cameras (at least {min_tracks} are needed), so the input cameras are kept.",
+                      mean_error_after_px=mean_after, **counts)
+    if not mean_after <= counts["mean_error_before_px"]:
+        return failed(f"Bundle adjustment raised the mean reprojection error of its sound tracks from "
+                      f"{_pixels_label(counts['mean_error_before_px'])} to {_pixels_label(mean_after)}, so the "
+                      "input cameras are kept.", mean_error_after_px=mean_after, **counts)
 
     report_progress(0.8, "recomputing points from depth")
-    observations = inliers[:, used]
-    errors_after, _ = _reprojection_errors(refined_points, tracks[:, used], extrinsics, intrinsics)
-    mean_after = float(errors_after[observations].mean())
     report = BundleAdjustmentReport(
         refined=True,
         message=(f"Refined {recon.num_frames} cameras on {len(used)} tracks ({counts['observations']} observations): "
                  f"mean reprojection error {counts['mean_error_before_px']:.2f} px → {mean_after:.2f} px."),
-        mean_error_after_px=mean_after, seconds=0.0, **counts)
+        mean_error_after_px=mean_after, seconds=0.0, max_reprojection_error_px=float(max_reprojection_error),
+        **counts)
     extrinsics32, intrinsics32 = extrinsics.astype(np.float32), intrinsics.astype(np.float32)
     report.seconds = time.perf_counter() - started
     info = {**recon.info, "cameras_refined": True, "bundle_adjustment": report.as_dict()}
+    # "Predicted" keeps meaning the network's own intrinsics (vggt_core.intrinsics).
+    predicted = recon.predicted_intrinsics if recon.predicted_intrinsics is not None else recon.intrinsics
     refined = dataclasses.replace(
-        recon, extrinsics=extrinsics32, intrinsics=intrinsics32,
+        recon, extrinsics=extrinsics32, intrinsics=intrinsics32, predicted_intrinsics=predicted.copy(),
         points_from_depth=unproject_depth_maps_in_frame_chunks(recon.depth, extrinsics32, intrinsics32),
         frame_names=list(recon.frame_names), info=info,
-        sparse_points=refined_points.astype(np.float32), sparse_point_colors=_point_colors(recon, used, inliers),
+        sparse_points=refined_points.astype(np.float32), sparse_point_colors=_point_colors(recon, used, sound),
         sparse_point_tracks=used.astype(np.int64), sparse_observations=observations)
     report_progress(1.0, "bundle adjustment done")
     return BundleAdjustmentResult(refined, report)
+
+
+def _mean_error(points: np.ndarray, tracks: np.ndarray, observations: np.ndarray, extrinsics: np.ndarray,
+                intrinsics: np.ndarray) -> float:
+    """Mean reprojection error (px) of ``points [P, 3]`` at their ``observations [S, P]`` of ``tracks
+    [S, P, 2]``; inf when a point is not finite or there is no observation."""
+    if not observations.any() or not np.isfinite(points).all():
+        return math.inf
+    errors, _ = _reprojection_errors(points, tracks, extrinsics, intrinsics)
+    return float(errors[observations].mean())
+
+
+def _pixels_label(value: float | None) -> str:
+    """``1,062.40 px``; a huge or non-finite error as ``1e+154 px`` / ``inf px``; ``unknown`` for None."""
+    if value is None:
+        return "unknown"
+    return f"{value:,.2f} px" if abs(value) < 1e6 else f"{value:.2g} px"

@@ -91,6 +91,39 @@ class FrameTransform:
         """Inverse of :meth:`intrinsics_to_original`: ``intrinsics`` [..., 3, 3] -> [..., 3, 3]."""
         return _affine_matrix(self.scale, self.offset) @ _as_matrices(intrinsics)
 
+    # The methods below take and give *model pixel indices*: the network's and the unprojection's
+    # pixels, where pixel (u, v) sits at the integer (u, v) (docs/architecture.md, *Conventions*,
+    # "Pixel centres"). In the corner-based coordinates above that pixel's centre is (u + ½, v + ½).
+
+    def model_pixels_to_photo(self, xy) -> np.ndarray:
+        """Map model pixel indices ``xy`` [..., 2] to photo pixels [..., 2] with the corner at 0
+        (COLMAP's, OpenCV's and nerfstudio's convention: pixel ``i``'s centre at ``i + 0.5``)."""
+        return self.processed_to_original(_as_points(xy) + MODEL_PIXEL_CENTRE)
+
+    def photo_to_model_pixels(self, xy) -> np.ndarray:
+        """Inverse of :meth:`model_pixels_to_photo`: ``xy`` [..., 2] -> [..., 2]."""
+        return self.original_to_processed(xy) - MODEL_PIXEL_CENTRE
+
+    def model_intrinsics_to_photo(self, intrinsics) -> np.ndarray:
+        """Intrinsics ``[..., 3, 3]`` that project to model pixel indices, re-expressed to project
+        to the photo's corner-based pixels: ``A⁻¹ · C · K`` with C the half-pixel shift, so a point
+        unprojected from model pixel (u, v) projects onto the centre of the photo area it covers."""
+        return _affine_matrix_inverse(self.scale, self.offset) @ _half_pixel_shift(+1) @ _as_matrices(intrinsics)
+
+    def photo_intrinsics_to_model(self, intrinsics) -> np.ndarray:
+        """Inverse of :meth:`model_intrinsics_to_photo`: ``intrinsics`` [..., 3, 3] -> [..., 3, 3]."""
+        return _half_pixel_shift(-1) @ _affine_matrix(self.scale, self.offset) @ _as_matrices(intrinsics)
+
+
+# Where a model pixel's centre lies in corner-based coordinates, relative to its index.
+MODEL_PIXEL_CENTRE = 0.5
+
+
+def _half_pixel_shift(sign: int) -> np.ndarray:
+    """``[3, 3]``: adds ``sign · MODEL_PIXEL_CENTRE`` to projected x and y."""
+    shift = sign * MODEL_PIXEL_CENTRE
+    return np.array([[1.0, 0.0, shift], [0.0, 1.0, shift], [0.0, 0.0, 1.0]], dtype=np.float64)
+
 
 def _as_points(xy) -> np.ndarray:
     points = np.asarray(xy, dtype=np.float64)

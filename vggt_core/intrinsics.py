@@ -7,6 +7,13 @@ the photo's centre, both mapped into model-input pixels through the frame's crop
 The network's own intrinsics are kept in ``predicted_intrinsics`` and ``info["intrinsics_source"]``
 says which ones ``intrinsics`` are, so that a later refinement (bundle adjustment) can keep a
 known focal length fixed. See docs/scene.md, "Known focal lengths".
+
+Lineage: "predicted" always means the network's own cameras. Changing the camera of a scene whose
+cameras bundle adjustment refined sets the refinement aside: its cameras and sparse points were
+fitted to the old focal length (their reprojection errors grow from a fraction of a pixel to
+many), so the result has the network's poses (from its pose encoding), the chosen intrinsics, no
+sparse points, ``info["cameras_refined"]`` removed and ``info["bundle_adjustment"]`` a report with
+``refined=False`` and a one-sentence message saying so. Refining again adjusts with the new camera.
 """
 
 from __future__ import annotations
@@ -17,26 +24,31 @@ from typing import Sequence
 
 import numpy as np
 
+from . import geometry
 from .errors import InputError
 from .exif import focal_length_px_from_35mm
 from .geometry import unproject_depth_maps_in_frame_chunks
 from .reconstruction import Reconstruction
 
-__all__ = ["INTRINSICS_SOURCES", "FOCAL_UNITS", "intrinsics_for_focal_lengths", "with_known_focal_lengths",
-           "with_predicted_intrinsics", "apply_camera_choice", "predicted_focal_lengths_px",
-           "focal_length_summary"]
+__all__ = ["INTRINSICS_SOURCES", "FOCAL_UNITS", "REFINEMENT_SET_ASIDE_MESSAGE", "intrinsics_for_focal_lengths",
+           "with_known_focal_lengths", "with_predicted_intrinsics", "apply_camera_choice", "network_intrinsics",
+           "predicted_focal_lengths_px", "focal_length_summary"]
 
 # What ``Reconstruction.info["intrinsics_source"]`` may say (absent means "predicted").
 INTRINSICS_SOURCES = ("predicted", "exif", "manual")
 # A typed focal length is in photo pixels or in 35 mm-equivalent millimetres.
 FOCAL_UNITS = ("px", "mm35")
 EXIF_FOCAL_KEY = "exif_focal_length_px"
+# What info["bundle_adjustment"]["message"] says after a camera change set a refinement aside.
+REFINEMENT_SET_ASIDE_MESSAGE = ("The camera change set aside the bundle adjustment, whose cameras and sparse points "
+                                "were fitted to the previous focal length; refine again to adjust with this one.")
 
 
 def intrinsics_for_focal_lengths(recon: Reconstruction, focal_lengths_px: Sequence[float]) -> np.ndarray:
     """Model-input intrinsics ``[S, 3, 3]`` (float64) of cameras with focal length
     ``focal_lengths_px [S]`` (photo pixels, square pixels) and the principal point at each
-    photo's centre."""
+    photo's centre: ``(W/2, H/2)`` in the photo's corner-based pixels, mapped to model pixel
+    indices (docs/architecture.md, "Pixel centres"), so that exported cameras put it back there."""
     if len(focal_lengths_px) != recon.num_frames:
         raise InputError(f"{len(focal_lengths_px)} focal lengths for {recon.num_frames} frames")
     matrices = []
@@ -47,20 +59,59 @@ def intrinsics_for_focal_lengths(recon: Reconstruction, focal_lengths_px: Sequen
         transform = recon.frame_transform(index)
         width, height = transform.original_size
         photo = np.array([[focal, 0.0, width / 2.0], [0.0, focal, height / 2.0], [0.0, 0.0, 1.0]])
-        matrices.append(transform.intrinsics_to_processed(photo))
+        matrices.append(transform.photo_intrinsics_to_model(photo))
     return np.stack(matrices)
 
 
+def _is_refined(recon: Reconstruction) -> bool:
+    """Whether bundle adjustment refined the cameras (and perhaps left sparse points)."""
+    return bool(recon.info.get("cameras_refined")) or recon.sparse_points is not None
+
+
+def network_intrinsics(recon: Reconstruction) -> np.ndarray:
+    """``[S, 3, 3]`` float32: the network's own intrinsics (in model-input pixels), whatever replaced
+    them since: known focal lengths or bundle adjustment keep them in ``predicted_intrinsics``; a
+    refined scene saved before that kept them is read from its pose encoding."""
+    if recon.predicted_intrinsics is not None:
+        return recon.predicted_intrinsics
+    if _is_refined(recon) and recon.pose_encoding is not None:
+        return geometry.pose_encoding_to_extrinsics_intrinsics(recon.pose_encoding, recon.image_size_hw)[1]
+    return recon.intrinsics
+
+
+def _camera_change(recon: Reconstruction, intrinsics: np.ndarray, predicted: np.ndarray | None,
+                   info: dict) -> Reconstruction:
+    """A copy with ``intrinsics [S, 3, 3]`` and the depth unprojected with them; a refined scene
+    also gets the network's poses back and loses its refinement (module docstring, "Lineage")."""
+    extrinsics = recon.extrinsics
+    sparse: dict = {}
+    if _is_refined(recon):
+        if recon.pose_encoding is not None:
+            # Still the network's: bundle adjustment keeps the input's gauge and never touches it.
+            extrinsics = geometry.pose_encoding_to_extrinsics_intrinsics(recon.pose_encoding, recon.image_size_hw)[0]
+        from .bundle_adjustment import BundleAdjustmentReport
+
+        info.pop("cameras_refined", None)
+        info["bundle_adjustment"] = BundleAdjustmentReport(refined=False,
+                                                           message=REFINEMENT_SET_ASIDE_MESSAGE).as_dict()
+        sparse = {"sparse_points": None, "sparse_point_colors": None, "sparse_point_tracks": None,
+                  "sparse_observations": None}
+    intrinsics = np.asarray(intrinsics, dtype=np.float32)
+    extrinsics = np.asarray(extrinsics, dtype=np.float32)
+    return dataclasses.replace(
+        recon, extrinsics=extrinsics, intrinsics=intrinsics, predicted_intrinsics=predicted,
+        frame_names=list(recon.frame_names), info=info, **sparse,
+        points_from_depth=unproject_depth_maps_in_frame_chunks(recon.depth, extrinsics, intrinsics))
+
+
 def with_predicted_intrinsics(recon: Reconstruction) -> Reconstruction:
-    """The reconstruction with the network's own intrinsics and the depth unprojected with them."""
-    if recon.predicted_intrinsics is None:
+    """The reconstruction with the network's own intrinsics and the depth unprojected with them
+    (and, for a refined scene, the network's poses: see the module docstring, "Lineage")."""
+    if recon.predicted_intrinsics is None and not _is_refined(recon):
         return recon
     info = {**recon.info, "intrinsics_source": "predicted"}
     info.pop("known_focal_length_px", None)
-    return dataclasses.replace(
-        recon, intrinsics=recon.predicted_intrinsics, predicted_intrinsics=None, frame_names=list(recon.frame_names),
-        points_from_depth=unproject_depth_maps_in_frame_chunks(recon.depth, recon.extrinsics, recon.predicted_intrinsics),
-        info=info)
+    return _camera_change(recon, network_intrinsics(recon).copy(), None, info)
 
 
 def with_known_focal_lengths(recon: Reconstruction, focal_lengths_px: Sequence[float],
@@ -73,16 +124,14 @@ def with_known_focal_lengths(recon: Reconstruction, focal_lengths_px: Sequence[f
         source: ``"exif"`` or ``"manual"``, stored in ``info["intrinsics_source"]``.
 
     The point-map branch is left as the network predicted it: it does not depend on intrinsics.
+    A refined scene loses its refinement (module docstring, "Lineage").
     """
     if source not in ("exif", "manual"):
         raise InputError(f"the source of known focal lengths must be 'exif' or 'manual', got {source!r}")
     intrinsics = intrinsics_for_focal_lengths(recon, focal_lengths_px).astype(np.float32)
-    predicted = recon.predicted_intrinsics if recon.predicted_intrinsics is not None else recon.intrinsics
     info = {**recon.info, "intrinsics_source": source,
             "known_focal_length_px": [round(float(f), 4) for f in focal_lengths_px]}
-    return dataclasses.replace(
-        recon, intrinsics=intrinsics, predicted_intrinsics=predicted.copy(), frame_names=list(recon.frame_names),
-        points_from_depth=unproject_depth_maps_in_frame_chunks(recon.depth, recon.extrinsics, intrinsics), info=info)
+    return _camera_change(recon, intrinsics, network_intrinsics(recon).copy(), info)
 
 
 def apply_camera_choice(recon: Reconstruction, choice: str, focal: float | None = None,
@@ -130,7 +179,7 @@ def apply_camera_choice(recon: Reconstruction, choice: str, focal: float | None 
 
 def predicted_focal_lengths_px(recon: Reconstruction) -> np.ndarray:
     """``[S]`` the network's focal length of each frame in its photo's pixels (mean of fx and fy)."""
-    predicted = recon.predicted_intrinsics if recon.predicted_intrinsics is not None else recon.intrinsics
+    predicted = network_intrinsics(recon)
     focal = []
     for index in range(recon.num_frames):
         photo = recon.frame_transform(index).intrinsics_to_original(predicted[index])
@@ -153,7 +202,9 @@ def focal_length_summary(recon: Reconstruction) -> str:
         count = len(recon.info[EXIF_FOCAL_KEY])
         parts.append(f"EXIF {_mean_label(exif)}" + (f" ({len(exif)} of {count} frames)" if len(exif) < count else ""))
     source = recon.info.get("intrinsics_source", "predicted")
-    if source == "predicted":
+    if source == "predicted" and _is_refined(recon):
+        used = "depth unprojected with the focal length refined by bundle adjustment"
+    elif source == "predicted":
         used = "depth unprojected with the predicted focal length"
     else:
         label = "the EXIF" if source == "exif" else f"the typed ({_mean_label(recon.info['known_focal_length_px'])})"

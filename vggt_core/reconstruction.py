@@ -123,8 +123,8 @@ class Reconstruction:
             (its ``query_points`` are pixels of that frame), or None: every track starts in frame 0.
         sky_mask: ``[S, H, W]`` bool, True where a sky segmenter saw sky, or None (not computed).
         predicted_intrinsics: ``[S, 3, 3]`` float32, the network's own intrinsics when
-            ``intrinsics`` were replaced by known focal lengths (see :mod:`vggt_core.intrinsics`),
-            or None: ``intrinsics`` are the predicted ones.
+            ``intrinsics`` were replaced by known focal lengths (see :mod:`vggt_core.intrinsics`)
+            or refined by bundle adjustment, or None: ``intrinsics`` are the predicted ones.
         sparse_points: ``[P, 3]`` float32 world points triangulated from tracks and refined by
             bundle adjustment (:mod:`vggt_core.bundle_adjustment`), or None.
         sparse_point_colors: ``[P, 3]`` uint8 RGB of each sparse point (given with the points).
@@ -275,11 +275,12 @@ class Reconstruction:
         """Intrinsics re-expressed in each frame's original photo pixels.
 
         Returns:
-            ``[S, 3, 3]`` float64: ``A⁻¹·K`` with ``A`` the photo → model-input affine map, in
-            continuous pixel coordinates with (0, 0) at the top-left image corner (the
-            convention COLMAP also uses).
+            ``[S, 3, 3]`` float64: ``A⁻¹·C·K`` with ``C`` the shift of half a model pixel (model
+            pixel indices → corner-based coordinates) and ``A`` the photo → model-input affine
+            map, in continuous pixel coordinates with (0, 0) at the top-left image corner: the
+            convention of COLMAP, OpenCV and nerfstudio (docs/architecture.md, "Pixel centres").
         """
-        return np.stack([self.frame_transform(index).intrinsics_to_original(self.intrinsics[index])
+        return np.stack([self.frame_transform(index).model_intrinsics_to_photo(self.intrinsics[index])
                          for index in range(self.num_frames)])
 
     @property

@@ -37,6 +37,9 @@ class FirstView:
         frame_choices: labels of the frame selector.
         glb: the rendered scene.
         gallery: ``(file name, caption, JPEG bytes)`` per picture, in display order.
+        refined: whether bundle adjustment refined the scene's cameras, so that a link opened
+            from the first view says so (``&refined=1``) as one opened from the full scene does;
+            False for first views written before it was kept.
     """
 
     settings_key: str
@@ -45,6 +48,7 @@ class FirstView:
     frame_choices: list[str]
     glb: bytes
     gallery: list[tuple[str, str, bytes]]
+    refined: bool = False
 
 
 def save_first_view(store, recon_id: str, view: FirstView) -> None:
@@ -60,7 +64,7 @@ def save_first_view(store, recon_id: str, view: FirstView) -> None:
                    "num_frames": view.num_frames, "summary": view.summary,
                    "frame_choices": list(view.frame_choices),
                    "names": [name for name, _, _ in view.gallery],
-                   "captions": [caption for _, caption, _ in view.gallery]}
+                   "captions": [caption for _, caption, _ in view.gallery], "refined": bool(view.refined)}
     store.save_attachment(recon_id, _JSON, json.dumps(description).encode("utf-8"))
 
 
@@ -88,7 +92,8 @@ def load_first_view(store, recon_id: str) -> FirstView | None:
         return FirstView(settings_key=str(description["settings_key"]), num_frames=int(description["num_frames"]),
                          summary=str(description["summary"]),
                          frame_choices=[str(choice) for choice in description["frame_choices"]],
-                         glb=glb, gallery=list(zip(names, captions, pictures)))
+                         glb=glb, gallery=list(zip(names, captions, pictures)),
+                         refined=bool(description.get("refined", False)))
     except (ValueError, KeyError, TypeError, zipfile.BadZipFile, UnicodeDecodeError) as error:
         logger.warning("the first view of %s is unreadable (%s); loading the full scene", recon_id, error)
         return None

@@ -3,8 +3,9 @@
 Lets the cameras and points seed COLMAP, Gaussian-splatting or NeRF tools. Every frame gets
 its own PINHOLE camera; by default it is expressed for the original photo, so the model
 matches the user's files rather than the resized model input. COLMAP puts the centre of the
-top-left pixel at (0.5, 0.5), i.e. continuous coordinates with the corner at 0, which is the
-convention of :class:`vggt_core.images.FrameTransform` and hence of the rescaled intrinsics.
+top-left pixel at (0.5, 0.5), i.e. continuous coordinates with the corner at 0, while the model's
+pixel (u, v) sits at the integers (u, v): cameras and 2-D points are shifted by half a model
+pixel before the crop/resize map (docs/architecture.md, "Pixel centres").
 
 With point tracks the model holds real multi-view points: the sparse points of a bundle
 adjustment (or the tracks triangulated from the current cameras), each with every observation
@@ -28,6 +29,7 @@ import numpy as np
 from .. import geometry
 from ..atomic_files import atomic_directory, atomic_write_bytes
 from ..filtering import PointSelection, ViewSettings, select_points
+from ..images import FrameTransform
 from ..reconstruction import Reconstruction
 
 if TYPE_CHECKING:  # only for annotations; see the module docstring
@@ -48,15 +50,23 @@ COLMAP_UNITS_FILE = "units.txt"
 logger = logging.getLogger(__name__)
 
 
+def _exported_frame_transform(recon: Reconstruction, index: int, original_resolution: bool) -> FrameTransform:
+    """How frame ``index``'s model pixels map to the exported image: its photo, or the model input."""
+    if original_resolution:
+        return recon.frame_transform(index)
+    height, width = recon.image_size_hw
+    return FrameTransform(name=recon.frame_names[index], original_size=(width, height), scale=(1.0, 1.0),
+                          offset=(0.0, 0.0))
+
+
 def _exported_cameras(recon: Reconstruction, original_resolution: bool
                       ) -> tuple[np.ndarray, np.ndarray]:
-    """``(intrinsics [S, 3, 3] float64, sizes [S, 2] (width, height))`` written to the model."""
-    if original_resolution:
-        intrinsics, sizes = recon.intrinsics_at_original_resolution(), recon.original_sizes.astype(np.int64)
-    else:
-        height, width = recon.image_size_hw
-        sizes = np.tile(np.array([[width, height]], dtype=np.int64), (recon.num_frames, 1))
-        intrinsics = recon.intrinsics.astype(np.float64)
+    """``(intrinsics [S, 3, 3] float64, sizes [S, 2] (width, height))`` written to the model, with
+    pixel centres at +0.5 (docs/architecture.md, "Pixel centres")."""
+    transforms = [_exported_frame_transform(recon, index, original_resolution) for index in range(recon.num_frames)]
+    sizes = np.array([transform.original_size for transform in transforms], dtype=np.int64)
+    intrinsics = np.stack([transform.model_intrinsics_to_photo(recon.intrinsics[index].astype(np.float64))
+                           for index, transform in enumerate(transforms)])
     return _with_valid_focal_lengths(intrinsics, sizes, recon.frame_names), sizes
 
 
@@ -164,9 +174,8 @@ def build_colmap_reconstruction_with_tracks(recon: Reconstruction, original_reso
     point2d_index = np.full(observations.shape, -1, dtype=np.int64)
     for index in range(recon.num_frames):
         seen = np.flatnonzero(observations[index])
-        pixels = recon.tracks[index, columns[seen]].astype(np.float64)
-        if original_resolution:
-            pixels = recon.frame_transform(index).processed_to_original(pixels).reshape(-1, 2)
+        pixels = _exported_frame_transform(recon, index, original_resolution).model_pixels_to_photo(
+            recon.tracks[index, columns[seen]].astype(np.float64)).reshape(-1, 2)
         point2d_index[index, seen] = np.arange(len(seen))
         fx, fy, cx, cy = intrinsics[index][[0, 1, 0, 1], [0, 1, 2, 2]]
         model.add_camera_with_trivial_rig(pycolmap.Camera(
@@ -195,8 +204,9 @@ def export_colmap(recon: Reconstruction, directory: str | os.PathLike,
     which is replaced as a whole (:func:`vggt_core.atomic_files.atomic_directory`).
 
     ``settings`` choose the points; the cameras of all frames are always written. When the
-    reconstruction has tracks, the points are its multi-view tracks instead
-    (:func:`build_colmap_reconstruction_with_tracks`) and ``settings`` are not used. The number of
+    reconstruction has tracks that give sound points and no rejected refinement
+    (:func:`vggt_core.bundle_adjustment.track_points_for_export`), the points are its multi-view
+    tracks instead (:func:`build_colmap_reconstruction_with_tracks`) and ``settings`` are not used. The number of
     points is capped at the smaller of ``settings.max_points`` and ``max_points``. Image names
     are the frame names; in the text format spaces in them become underscores, because COLMAP
     cannot read names with spaces from text files. ``image_names`` replaces the frame names
@@ -212,7 +222,10 @@ def export_colmap(recon: Reconstruction, directory: str | os.PathLike,
     """
     names = list(image_names) if image_names is not None else recon.frame_names
     names = names if binary else [_text_safe_name(name) for name in names]
-    if recon.tracks is not None:
+    from ..bundle_adjustment import track_points_for_export
+
+    # Tracks only when they give sound points and their refinement (if any) was not rejected.
+    if track_points_for_export(recon) is not None:
         model = build_colmap_reconstruction_with_tracks(recon, original_resolution, image_names=names)
     else:
         if selection is None:

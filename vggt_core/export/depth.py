@@ -7,7 +7,8 @@ be a surface that does not exist). Photo pixels that were cropped away get NaN.
 
 Per frame ``<file stem>_depth.npy`` (float32 ``[H, W]``), ``<file stem>_confidence.npy`` (float32)
 and ``<file stem>_depth.png`` (16-bit, ``depth · depth_scale`` rounded, 0 = no depth), plus one
-``depth_scale.json`` with the scale, the scene's units and each frame's file stem. The file stem
+``depth_scale.json`` with the scale, the scene's units, each frame's file stem and its
+intrinsics at its photo's size (pixel centres at +0.5). The file stem
 of frame ``i`` is the one every export uses, ``{i:03d}_<name>``
 (:func:`vggt_core.frame_names.export_frame_file_name`). See docs/scene.md, "Depth at full
 resolution".
@@ -30,6 +31,9 @@ __all__ = ["DEPTH_SCALE_FILE", "PNG_MAX", "depth_maps_at_original_resolution", "
            "frame_file_stems"]
 
 DEPTH_SCALE_FILE = "depth_scale.json"
+# The intrinsics' pixel convention, spelled out in the scale file (docs/architecture.md, "Pixel centres").
+PIXEL_CENTRES_NOTE = ("intrinsics are in the photo's pixels with the image corner at (0, 0): pixel (i, j)'s centre is "
+                      "at (i + 0.5, j + 0.5), as in COLMAP, OpenCV and nerfstudio")
 PNG_MAX = 65535
 
 
@@ -63,6 +67,17 @@ def depth_maps_at_original_resolution(recon: Reconstruction, index: int) -> tupl
     depth[~seen] = np.nan
     confidence[~seen] = np.nan
     return depth, confidence
+
+
+def _photo_intrinsics(recon: Reconstruction) -> dict[str, dict[str, float | int]]:
+    """Per frame name, the pinhole camera of its depth map at the photo's size (pixel centres at +0.5)."""
+    intrinsics = recon.intrinsics_at_original_resolution()
+    cameras = {}
+    for index, name in enumerate(recon.frame_names):
+        width, height = (int(value) for value in recon.original_sizes[index])
+        (fx, _, cx), (_, fy, cy), _ = intrinsics[index].tolist()
+        cameras[name] = {"fx": fx, "fy": fy, "cx": cx, "cy": cy, "width": width, "height": height}
+    return cameras
 
 
 def _png_depth_scale(recon: Reconstruction) -> float:
@@ -109,6 +124,8 @@ def export_depth_maps(recon: Reconstruction, directory: str | os.PathLike, *,
         "units": recon.units or "arbitrary (VGGT's own scale)",
         "depth_kind": "z-depth along the camera axis",
         "frames": {name: stem for name, stem in zip(recon.frame_names, stems)},
+        "pixel_centres": PIXEL_CENTRES_NOTE,
+        "intrinsics": _photo_intrinsics(recon),
     }, indent=1).encode("utf-8"), durable=durable)
     written["scale"].append(scale_file)
     return written

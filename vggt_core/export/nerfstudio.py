@@ -66,10 +66,10 @@ def _initial_points(recon: Reconstruction, settings: ViewSettings, selection: Po
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(points [P, 3], colours [P, 3] uint8, confidence [P])`` for the trainer to start from:
     the tracks' points, else ``selection`` (selected from ``settings`` when None)."""
-    from ..bundle_adjustment import with_triangulated_tracks
+    from ..bundle_adjustment import track_points_for_export
 
-    sparse = with_triangulated_tracks(recon)
-    if sparse.sparse_points is not None and len(sparse.sparse_points):
+    sparse = track_points_for_export(recon)
+    if sparse is not None:
         # The "confidence" of a track point: how many frames observe it.
         return (sparse.sparse_points, sparse.sparse_point_colors,
                 sparse.sparse_observations.sum(axis=0).astype(np.float32))

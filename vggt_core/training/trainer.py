@@ -1,7 +1,9 @@
 """The fine-tuning loop: AdamW, warm-up + cosine, per-group clipping, accumulation, checkpoints.
 
 See docs/training.md, "Training loop". The model package is untouched: activation checkpointing
-wraps the aggregator's blocks from here, and the aggregator already runs in bf16 on CUDA.
+wraps the aggregator's blocks from here, and the aggregator already runs in bf16 on CUDA. On a GPU
+without bf16 the model falls back to fp16, whose small gradients underflow: the loop then scales
+the loss with a gradient scaler (:func:`gradient_scaler`).
 """
 
 from __future__ import annotations
@@ -108,6 +110,7 @@ class Trainer:
             raise ValueError("nothing to train: every parameter is frozen")
         self.groups = clip_groups(self.model)
         self.optimizer = torch.optim.AdamW(self.trainable, lr=settings.lr, weight_decay=settings.weight_decay)
+        self.scaler = gradient_scaler(self.device)
         self.loss_config = settings.loss_config or LossConfig()
         if settings.track_loss and self.loss_config.track_weight == 0:
             self.loss_config = self.loss_config.replace(track_weight=PAPER_TRACK_WEIGHT)
@@ -126,15 +129,20 @@ class Trainer:
     def _restore(self, state: dict) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         self.start_step = int(state["step"])
+        if self.scaler is not None and state.get("grad_scaler"):
+            self.scaler.load_state_dict(state["grad_scaler"])
         self.dataset.rng.bit_generator.state = state["numpy_rng"]
         self.dataset.generator.set_state(state["torch_generator"])
         logger.info("resuming from step %d in %s", self.start_step, self.out)
 
     def _training_state(self, step: int) -> dict:
-        return {"step": step, "optimizer": self.optimizer.state_dict(),
-                "numpy_rng": self.dataset.rng.bit_generator.state,
-                "torch_generator": self.dataset.generator.get_state(),
-                "settings": {k: str(v) for k, v in dataclasses.asdict(self.settings).items()}}
+        state = {"step": step, "optimizer": self.optimizer.state_dict(),
+                 "numpy_rng": self.dataset.rng.bit_generator.state,
+                 "torch_generator": self.dataset.generator.get_state(),
+                 "settings": {k: str(v) for k, v in dataclasses.asdict(self.settings).items()}}
+        if self.scaler is not None:
+            state["grad_scaler"] = self.scaler.state_dict()
+        return state
 
     def save(self, step: int) -> Path | None:
         try:
@@ -173,7 +181,8 @@ class Trainer:
                 skipped = True
                 totals = {key: float(value.detach()) for key, value in losses.items()}
                 break
-            (objective / len(chunks)).backward()
+            loss = objective / len(chunks)
+            (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
             for key, value in losses.items():
                 totals[key] = totals.get(key, 0.0) + float(value.detach()) / len(chunks)
         if skipped:
@@ -182,9 +191,19 @@ class Trainer:
             message = f"step {step}: non-finite objective ({totals.get('objective')}); update skipped"
             logger.warning(message)
             print(f"warning: {message}", file=sys.stderr)
-        else:
+        elif self.scaler is None:
             clip_gradients(self.groups, settings.max_grad_norm)
             self.optimizer.step()
+        else:
+            self.scaler.unscale_(self.optimizer)  # clip the true gradients
+            clip_gradients(self.groups, settings.max_grad_norm)
+            scale = self.scaler.get_scale()
+            self.scaler.step(self.optimizer)  # skipped when a gradient overflowed fp16
+            self.scaler.update()
+            if self.scaler.get_scale() < scale:
+                skipped = True
+                logger.info("step %d: fp16 gradients overflowed; update skipped, loss scale now %g",
+                            step, self.scaler.get_scale())
         return StepResult(step=step, lr=lr, losses=totals, skipped=skipped, seconds=time.perf_counter() - started)
 
     # ------------------------------------------------------------------ loop
@@ -219,6 +238,14 @@ class Trainer:
                     self.save(done)
         self.save(settings.steps)
         return results
+
+
+def gradient_scaler(device: torch.device) -> torch.amp.GradScaler | None:
+    """A loss scaler when the model's autocast will be fp16 (CUDA without bf16: see
+    ``VGGT._aggregator_autocast``), else None (bf16 and float32 need none)."""
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return torch.amp.GradScaler("cuda")
+    return None
 
 
 def _short(key: str) -> str:
