@@ -251,30 +251,46 @@ def reconstruct_error(client, paths: list[Path]) -> str:
     return message
 
 
-def test_a_text_file_named_png_is_refused_by_name(client, synthetic_photos, tmp_path):  # noqa: F811
+def preview_of(client, paths: list[Path]) -> tuple[list, str]:
+    return client.predict([handle_file(str(p)) for p in paths], 1.0, api_name="/preview")
+
+
+def test_a_text_file_named_png_is_left_out_by_name_and_the_good_photos_reconstruct(client, synthetic_photos,  # noqa: F811
+                                                                                    tmp_path):
     fake = tmp_path / "holiday.png"
     fake.write_text("this is not an image")
-    message = reconstruct_error(client, [synthetic_photos[0], fake])
-    assert "holiday.png" in message and "not a readable image" in message
+    gallery, status = preview_of(client, [synthetic_photos[0], fake, synthetic_photos[1]])
+    assert len(gallery) == 2 and "2 frames ready" in status  # the good frames only
+    assert "Left out 1 file: holiday.png (not a readable image file" in status
+    assert str(tmp_path) not in status and "Errno" not in status  # the file's own name, a sentence
+    outputs = client.predict([handle_file(str(p)) for p in (synthetic_photos[0], fake, synthetic_photos[1])], 1.0,
+                             *DEFAULT_VIEW, api_name="/reconstruct")
+    assert "**2 frames**" in outputs[1]
+    message = reconstruct_error(client, [fake])  # nothing usable: the reason, by name
+    assert "holiday.png" in message and "not a readable image" in message and "Nothing left" in message
 
 
-def test_a_corrupt_jpeg_is_refused_by_name(client, synthetic_photos, tmp_path):  # noqa: F811
+def test_a_corrupt_jpeg_is_left_out_by_name(client, synthetic_photos, tmp_path):  # noqa: F811
     good = tmp_path / "good.jpg"
     from PIL import Image
 
     Image.fromarray(np.asarray(render_scene("table", 1, 112, 84).images[0])).save(good, quality=90)
     corrupt = tmp_path / "broken.jpg"
     corrupt.write_bytes(good.read_bytes()[: good.stat().st_size // 3])  # cut off mid-scan
-    message = reconstruct_error(client, [synthetic_photos[0], corrupt])
+    gallery, status = preview_of(client, [synthetic_photos[0], corrupt])
+    assert len(gallery) == 1 and "broken.jpg (not a readable image" in status
+    message = reconstruct_error(client, [corrupt])
     assert "broken.jpg" in message and "not a readable image" in message
 
 
-def test_an_image_smaller_than_a_patch_is_refused_by_name(client, synthetic_photos, tmp_path):  # noqa: F811
+def test_an_image_smaller_than_a_patch_is_left_out_by_name(client, synthetic_photos, tmp_path):  # noqa: F811
     from PIL import Image
 
     tiny = tmp_path / "icon.png"
     Image.new("RGB", (20, 10), "red").save(tiny)
-    message = reconstruct_error(client, [synthetic_photos[0], tiny])
+    gallery, status = preview_of(client, [synthetic_photos[0], tiny])
+    assert len(gallery) == 1 and "icon.png" in status and "20x10" in status and "at least 14 pixels" in status
+    message = reconstruct_error(client, [tiny])
     assert "icon.png" in message and "20x10" in message and "at least 14 pixels" in message
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from vggt_core import geometry
 from vggt_core.bundle_adjustment import bundle_adjust, track_points_for_export
-from vggt_core.first_view import FirstView, load_first_view, save_first_view
+from vggt_app.store.first_view import FirstView, load_first_view, save_first_view
 from vggt_core.intrinsics import (REFINEMENT_SET_ASIDE_MESSAGE, apply_camera_choice, focal_length_summary,
                                   network_intrinsics, predicted_focal_lengths_px)
 from vggt_core.reconstruction import Reconstruction, reconstruction_from_synthetic_scene

@@ -47,3 +47,12 @@ def test_dependencies_mirror_requirements_txt():
     assert project["dependencies"] == requirements
     assert project["requires-python"] == ">=3.11"
     assert "vggt_core*" in _pyproject()["tool"]["setuptools"]["packages"]["find"]["include"]
+
+
+def test_gradio_is_pinned_to_the_spaces_sdk_version():
+    """A clean install resolves one Gradio, the one the Space runs (README's header), with no backtracking."""
+    header = (REPO_ROOT / "README.md").read_text().split("---")[1]
+    sdk_version = re.search(r"^sdk_version:\s*(\S+)\s*$", header, re.M).group(1)
+    pins = [line.split("#")[0].strip() for line in (REPO_ROOT / "requirements.txt").read_text().splitlines()
+            if line.startswith("gradio")]
+    assert pins == [f"gradio=={sdk_version}"]

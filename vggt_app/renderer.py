@@ -6,24 +6,25 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
-import shutil
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
 
-from vggt_core.atomic_files import atomic_write_bytes
 from vggt_core.depth_maps import colorize_confidence_maps, colorize_depth_maps
-from vggt_core.export import (COLMAP_UNITS_FILE, export_colmap, export_depth_maps, export_glb, export_ply,
-                              units_note, zip_folder)
+from vggt_core.errors import InputError
+from vggt_core.export import EXPORTERS, ExportRequest, default_export_formats, export_glb
 from vggt_core.filtering import ViewSettings
 
 from .store.derived_cache import DerivedFileCache
 from .store.entries import StoredReconstruction
 from .view_controls import frame_label
+
+# The stored reconstruction is this format's download, shared by every view's bundle.
+NPZ_FORMAT = "npz"
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,7 @@ class RenderedView:
     glb_path: Path
     num_points: int
     num_cameras: int
-    confidence_threshold: float
+    min_confidence: float  # the absolute confidence the shown points reach
     branch: str
 
 
@@ -68,7 +69,7 @@ class ViewRenderer:
             # 12 instead of 16 bytes per point; Model3D draws it the same (tests/test_browser_glb.py).
             result = export_glb(stored.reconstruction, partial, settings, durable=False, quantize=True)
         rendered = RenderedView(self.cache.path(stored.id, name), result.num_points, result.num_cameras,
-                                result.confidence_threshold, result.branch)
+                                result.min_confidence, result.branch)
         self._remember_view(key, rendered)
         return rendered
 
@@ -101,48 +102,33 @@ class ViewRenderer:
         return items
 
     def downloads(self, stored: StoredReconstruction, npz_source: Callable[[Path], Path],
-                  settings: ViewSettings) -> list[str]:
-        """GLB, PLY and zipped COLMAP model of the current view, the raw predictions, and the
-        depth maps at the photos' resolution (zipped).
+                  settings: ViewSettings, formats: Sequence[str] | None = None) -> list[str]:
+        """One file per export format of the registry (``vggt_core.export.EXPORTERS``; by default
+        its default formats) for the current view: each format's own download file.
 
-        ``npz_source(path)`` puts the stored ``.npz`` at ``path`` (the store links or copies it).
-        One ``.npz`` per reconstruction is shared by every view's bundle.
+        ``npz_source(path)`` puts the stored ``.npz`` at ``path`` (the store links or copies it):
+        one ``.npz`` per reconstruction is shared by every view's bundle. The points are selected
+        once for all the formats of a bundle.
         """
+        names = list(default_export_formats() if formats is None else formats)
+        unknown = [name for name in names if name not in EXPORTERS]
+        if unknown or not names:
+            raise InputError(f"Choose formats among {', '.join(EXPORTERS)}.")
         bundle = f"export-{settings_digest(settings)}"
         keep = {"grace_s": self.DOWNLOAD_GRACE_S}
-        names = [f"{bundle}/scene.glb", f"{bundle}/points.ply", f"{bundle}/colmap.zip", "npz/reconstruction.npz",
-                 f"{bundle}/depth_maps.zip"]
-        if not all(self.cache.get(stored.id, name) for name in names):
+        files = {name: ("npz/" if name == NPZ_FORMAT else f"{bundle}/") + EXPORTERS[name].file_name for name in names}
+        if not all(self.cache.get(stored.id, file) for file in files.values()):
             self.cache.require_room()  # a new bundle may push the cap over, never a second one
-        with self.cache.build(stored.id, f"{bundle}/scene.glb", **keep) as (partial, existing):
-            if existing is None:
-                export_glb(stored.reconstruction, partial, settings, durable=False)
-        with self.cache.build(stored.id, f"{bundle}/points.ply", **keep) as (partial, existing):
-            if existing is None:
-                export_ply(stored.reconstruction, partial, settings, durable=False)
-        with self.cache.build(stored.id, f"{bundle}/colmap.zip", **keep) as (partial, existing):
-            if existing is None:
-                # The unzipped model is a temporary folder inside the cache, gone after zipping.
-                model_dir = partial.with_name(partial.name + ".model")
-                try:
-                    export_colmap(stored.reconstruction, model_dir / "sparse" / "0", settings, durable=False)
-                    atomic_write_bytes(model_dir / COLMAP_UNITS_FILE, units_note(stored.reconstruction).encode(),
-                                       durable=False)
-                    zip_folder(model_dir, partial, durable=False)
-                finally:
-                    shutil.rmtree(model_dir, ignore_errors=True)
-        with self.cache.build(stored.id, f"{bundle}/depth_maps.zip", **keep) as (partial, existing):
-            if existing is None:
-                depth_dir = partial.with_name(partial.name + ".maps")
-                try:
-                    export_depth_maps(stored.reconstruction, depth_dir, durable=False)
-                    zip_folder(depth_dir, partial, durable=False)
-                finally:
-                    shutil.rmtree(depth_dir, ignore_errors=True)
-        with self.cache.build(stored.id, "npz/reconstruction.npz", **keep) as (partial, existing):
-            if existing is None:
-                npz_source(partial)
-        return [str(self.cache.path(stored.id, name)) for name in names]
+        request = ExportRequest(stored.reconstruction, settings, durable=False)
+        for name, file in files.items():
+            with self.cache.build(stored.id, file, **keep) as (partial, existing):
+                if existing is not None:
+                    continue
+                if name == NPZ_FORMAT:
+                    npz_source(partial)  # the stored file itself: no second serialisation
+                else:
+                    EXPORTERS[name].write(request, partial)
+        return [str(self.cache.path(stored.id, file)) for file in files.values()]
 
     def picture_file(self, image: Image.Image) -> str:
         """A JPEG of ``image`` in the cache (named by its content), so that preview thumbnails,

@@ -14,9 +14,11 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,6 +29,8 @@ import torch
 
 from vggt_core import InputError, WeightsUnavailableError
 from vggt_core.filtering import ViewSettings
+from vggt_core.input_screening import InputScreening, RejectedInput, input_problem
+from vggt_core.progress import ProgressRange
 from vggt_core.pipeline import decode_frames, gather_input_frames, is_video_file
 from vggt_core.reconstruction import Reconstruction
 
@@ -45,19 +49,14 @@ from .view_controls import ViewControls, frame_choices
 
 logger = logging.getLogger("vggt_app")
 
+SKY_SHOWN_LINE = "The sky is shown: the sky-segmentation model is not available on this server."
 
-class ProgressRange:
-    """Maps a stage's own 0..1 progress into ``[start, end]`` of the page's progress bar
-    (``progress(fraction, desc=...)``, as :class:`gr.Progress` takes it)."""
 
-    def __init__(self, progress: Callable[..., Any], start: float, end: float):
-        self.progress = progress
-        self.start = start
-        self.end = end
-
-    def __call__(self, fraction: float, message: str) -> None:
-        fraction = min(max(float(fraction), 0.0), 1.0)
-        self.progress(self.start + (self.end - self.start) * fraction, desc=message[:1].upper() + message[1:])
+def page_progress(progress: Callable[..., Any], start: float, end: float) -> ProgressRange:
+    """A library progress callback (``fraction, message``) shown in ``[start, end]`` of the page's
+    bar (``gr.Progress`` takes ``desc=``), its message in sentence case."""
+    return ProgressRange(lambda fraction, message: progress(fraction, desc=message[:1].upper() + message[1:]),
+                         start, end)
 
 
 @dataclass(frozen=True)
@@ -81,9 +80,13 @@ class ViewUpdate:
     glb_path: str
     summary: str
     share_link: str
+    sky_refused: bool = False  # "Hide sky" was asked for but the sky model is not at hand
 
 
 class ReconstructionService:
+    # Verdicts on uploaded files kept (path, size, mtime -> problem): a few hundred bytes each.
+    MAX_SCREENED_FILES = 4096
+
     def __init__(self, settings: AppSettings, store: ReconstructionStore, renderer: ViewRenderer,
                  models: ModelProvider):
         self.settings = settings
@@ -92,25 +95,66 @@ class ReconstructionService:
         self.models = models
         self.sky = SkyMasks(store, settings.sky_model)
         self._prefetch_slot = threading.Semaphore(1)
+        self._screened: OrderedDict[tuple[str, int, int], str | None] = OrderedDict()
+        self._screened_lock = threading.Lock()
 
     # ---- before running
 
     def preview(self, files: Any, fps: float) -> tuple[list[tuple[str, str]], str]:
-        """Frames that would be reconstructed, as small thumbnail files, and a one-line status."""
+        """Frames that would be reconstructed, as small thumbnail files, and a one-line status
+        that names the files left out (unreadable, too small) and why."""
         try:
-            paths = self._checked_paths(files)
-            if not paths:
+            screening = self.screen(files)
+            if not screening.usable and not screening.rejected:
                 return [], ""
-            frames = gather_input_frames(paths, fps=float(fps), max_frames=self.settings.max_frames)
+            left_out = screening.rejected_sentence()
+            if left_out:
+                gr.Warning(user_message(left_out))  # at upload, beside the control it concerns
+            if not screening.usable:
+                return [], f"⚠️ {user_message(left_out)} Nothing left to reconstruct."
+            frames = gather_input_frames(screening.usable, fps=float(fps), max_frames=self.settings.max_frames)
             thumbnails = [(self.renderer.picture_file(frame_thumbnail(frame)), frame.name) for frame in frames]
         except (InputError, WeightsUnavailableError) as error:
             # A warning rather than an error: the upload stays in place so the user can fix it.
             gr.Warning(user_message(str(error)))
             return [], f"⚠️ {user_message(str(error))}"
-        video_note = f" (video sampled at {float(fps):g} frames/s)" if any(map(is_video_file, paths)) else ""
+        video_note = (f" (video sampled at {float(fps):g} frames/s)"
+                      if any(map(is_video_file, screening.usable)) else "")
         status = (f"{len(frames)} frame{'s' if len(frames) != 1 else ''} ready{video_note}; "
                   f"at most {self.settings.max_frames} per reconstruction.")
+        if left_out:
+            status += f"  \n⚠️ {user_message(left_out)}"
         return thumbnails, status
+
+    def screen(self, files: Any) -> InputScreening:
+        """The uploaded files split into usable and rejected ones (each file checked once: a
+        preview, the memory line and Reconstruct ask about the same upload)."""
+        paths = self._checked_paths(files)
+        usable, rejected = [], []
+        for path in paths:
+            problem = self._input_problem(path)
+            if problem is None:
+                usable.append(path)
+            else:
+                rejected.append(RejectedInput(Path(path).name, problem))
+        return InputScreening(usable, rejected)
+
+    def _input_problem(self, path: str) -> str | None:
+        try:
+            stat = os.stat(path)
+        except OSError:
+            return "the upload is gone; add the file again"
+        key = (path, stat.st_size, stat.st_mtime_ns)
+        with self._screened_lock:
+            if key in self._screened:
+                self._screened.move_to_end(key)
+                return self._screened[key]
+        problem = input_problem(path)
+        with self._screened_lock:
+            self._screened[key] = problem
+            while len(self._screened) > self.MAX_SCREENED_FILES:
+                self._screened.popitem(last=False)
+        return problem
 
     # ---- running the model
 
@@ -123,17 +167,22 @@ class ReconstructionService:
         """Run the model (and with ``refine`` track points and bundle-adjust the cameras) and hand
         the result to the store's writers. The id can be shown at once (from memory);
         :meth:`PendingSave.wait` before showing it as a share link."""
-        paths = self._checked_paths(files)
+        screening = self.screen(files)
+        paths = screening.usable
         if not paths:
-            raise InputError("Add some photos or a video first.")
+            raise InputError(screening.rejected_sentence() + " Nothing left to reconstruct." if screening.rejected
+                             else "Add some photos or a video first.")
+        if screening.rejected:
+            gr.Warning(user_message(f"Reconstructing the {len(paths)} usable file{'s' if len(paths) != 1 else ''}. "
+                                    + screening.rejected_sentence()))
         progress(0.0, desc="Reading the inputs")
         frames = gather_input_frames(paths, fps=float(fps), max_frames=self.settings.max_frames)
         decoded = decode_frames(frames)
         model_end = 0.6 if refine else 0.85
         started = time.perf_counter()
         reconstruction = self.on_gpu(lambda model, frames=decoded: run_model(
-            model, frames, ProgressRange(progress, 0.1, model_end),
-            ProgressRange(progress, model_end, 0.72) if refine else None, self.settings.refine_tracks), progress)
+            model, frames, page_progress(progress, 0.1, model_end),
+            page_progress(progress, model_end, 0.72) if refine else None, self.settings.refine_tracks), progress)
         seconds = time.perf_counter() - started
         del decoded
         metadata = {"seconds": round(seconds, 3), "checkpoint": self.settings.checkpoint,
@@ -157,7 +206,7 @@ class ReconstructionService:
 
     def track(self, recon: Reconstruction, queries: Any, progress: Callable[..., Any]) -> Reconstruction:
         """The Tracks view's tracking of ``queries`` on a stored scene (see ``run_tracking``)."""
-        return self.on_gpu(lambda model: run_tracking(model, recon, queries, ProgressRange(progress, 0.1, 0.9)),
+        return self.on_gpu(lambda model: run_tracking(model, recon, queries, page_progress(progress, 0.1, 0.9)),
                            progress)
 
     def _checked_paths(self, files: Any) -> list[str]:
@@ -208,7 +257,7 @@ class ReconstructionService:
             save_first_view(self.store, recon_id, FirstView(
                 settings_key=settings_digest(settings), num_frames=stored.reconstruction.num_frames,
                 summary=summary_markdown(stored, view), frame_choices=frame_choices(stored.reconstruction),
-                glb=Path(view.glb_path).read_bytes(), gallery=gallery))
+                glb=Path(view.glb_path).read_bytes(), gallery=gallery, refined=is_refined(stored.reconstruction)))
         except (StoreError, OSError) as error:
             logger.warning("could not keep the first view of %s (%s)", recon_id, error)
 
@@ -237,7 +286,8 @@ class ReconstructionService:
         expires = datetime.fromtimestamp(float(metadata["created_at"]) + self.store.ttl_seconds, tz=timezone.utc)
         return SceneView(id=recon_id, glb_path=str(self.renderer.cache.path(recon_id, glb_name)), summary=first.summary,
                          gallery=gallery, frame_menu=first.frame_choices, settings=settings,
-                         share_link=share_link(page_url, recon_id, settings), expiry_note=expiry_text(expires))
+                         share_link=share_link(page_url, recon_id, settings, first.refined),
+                         expiry_note=expiry_text(expires))
 
     def _prefetch(self, recon_id: str) -> None:
         """Read the full scene in the background (one at a time; skipped when one is running)."""
@@ -257,18 +307,25 @@ class ReconstructionService:
     def view_update(self, recon_id: str, view: Mapping[str, Any], page_url: str) -> ViewUpdate:
         """The viewer's GLB, the summary and the share link after a view control changed."""
         stored = self.store.load(recon_id)
-        settings = self.sky.apply(stored, self.view_settings(stored, view))
+        asked = self.view_settings(stored, view)
+        settings = self.sky.apply(stored, asked)
         rendered = self.renderer.view(stored, settings)
-        return ViewUpdate(str(rendered.glb_path), summary_markdown(stored, rendered),
-                          share_link(page_url, stored.id, settings, is_refined(stored.reconstruction)))
+        summary = summary_markdown(stored, rendered)
+        if asked.hide_sky and not settings.hide_sky:
+            summary += "  \n" + SKY_SHOWN_LINE
+        return ViewUpdate(str(rendered.glb_path), summary,
+                          share_link(page_url, stored.id, settings, is_refined(stored.reconstruction)),
+                          sky_refused=asked.hide_sky and not settings.hide_sky)
 
-    def downloads(self, recon_id: str, view: Mapping[str, Any]) -> list[str]:
+    def downloads(self, recon_id: str, view: Mapping[str, Any], formats: Sequence[str] | None = None) -> list[str]:
+        """The download files of ``formats`` (names of ``vggt_core.export.EXPORTERS``; None: the
+        default ones) for the current view."""
         stored = self.store.load(recon_id)
         settings = self.sky.apply(stored, self.view_settings(stored, view))
-        return self.renderer.downloads(stored, functools.partial(self.store.copy_npz, recon_id), settings)
+        return self.renderer.downloads(stored, functools.partial(self.store.copy_npz, recon_id), settings, formats)
 
     def expiry_note(self, stored: StoredReconstruction) -> str:
         return expiry_text(datetime.fromtimestamp(self.store.expires_at(stored), tz=timezone.utc))
 
 
-__all__ = ["ProgressRange", "ReconstructionService", "SceneView", "ViewUpdate"]
+__all__ = ["ReconstructionService", "SceneView", "ViewUpdate", "page_progress"]

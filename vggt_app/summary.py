@@ -37,8 +37,9 @@ def bundle_adjustment_lines(recon: Reconstruction, metadata: Mapping[str, Any]) 
     if not isinstance(report, Mapping):
         return [f"✅ **{REFINED_LINE}**"]
     if not report.get("refined", bool(recon.info.get("cameras_refined"))):
-        return [f"⚠️ Bundle adjustment was not applied: {report.get('message', 'it failed')}; "
-                "the cameras are VGGT's own."]
+        message = str(report.get("message") or "it failed, so the input cameras are kept").strip()
+        # One sentence: the report's message says why (and that the input cameras are kept).
+        return [f"⚠️ Bundle adjustment not applied: {message}{'' if message.endswith('.') else '.'}"]
     line = (f"✅ **{REFINED_LINE}**: {int(report.get('tracks_used', 0)):,} tracks used, "
             f"{int(report.get('tracks_rejected', 0)):,} rejected")
     before, after = report.get("mean_error_before_px"), report.get("mean_error_after_px")
@@ -64,7 +65,7 @@ def summary_markdown(stored: StoredReconstruction, view: RenderedView) -> str:
     lines = [
         first_line,
         f"**{view.num_points:,} points shown** · {view.num_cameras} cameras · "
-        f"{'depth' if view.branch == 'depth' else 'point map'} branch, confidence ≥ {view.confidence_threshold:.3g}",
+        f"{'depth' if view.branch == 'depth' else 'point map'} branch, confidence ≥ {view.min_confidence:.3g}",
     ]
     lines += scene_lines(recon) + bundle_adjustment_lines(recon, info)
     if info.get("untrained"):

@@ -10,7 +10,6 @@ order after the endpoint's own parameters.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -18,6 +17,7 @@ import gradio as gr
 
 from vggt_core import InputError
 from vggt_core.filtering import ViewSettings
+from vggt_core.frame_names import frame_label, parse_frame_label
 from vggt_core.reconstruction import Reconstruction
 
 from .share_links import DEFAULT_MAX_POINTS, DEFAULT_VIEW_SETTINGS, MAX_POINTS_LIMIT
@@ -31,11 +31,6 @@ VIEW_CONTROL_NAMES = ("confidence", "branch", "frame", "show_cameras", "filter_b
                       "hide_sky")
 
 
-def frame_label(index: int, name: str) -> str:
-    """``"3: IMG_0042.jpg"``: how every frame menu of the page names frame ``index``."""
-    return f"{index}: {name}"
-
-
 def frame_labels(recon: Reconstruction) -> list[str]:
     return [frame_label(index, name) for index, name in enumerate(recon.frame_names)]
 
@@ -44,22 +39,11 @@ def frame_choices(recon: Reconstruction) -> list[str]:
     return [ALL_FRAMES_CHOICE] + frame_labels(recon)
 
 
-def frame_index_of_label(choice: Any, num_frames: int) -> int:
-    """``"3: name"`` (or ``3``) → 3; anything else, or a frame the scene lacks, is an InputError."""
-    match = re.match(r"\s*(\d+)\s*(?::|$)", str(choice))
-    if not match:
-        raise InputError(f"Unknown frame {choice!r}; choose one of the listed frames.")
-    index = int(match.group(1))
-    if not 0 <= index < num_frames:
-        raise InputError(f"Frame {index} does not exist; this scene has {num_frames} frames.")
-    return index
-
-
 def parse_frame_choice(choice: str | None, num_frames: int) -> int | None:
     """``"All"`` → None; ``"3: name"`` → 3. Anything else is a user-visible InputError."""
     if choice in (None, "", ALL_FRAMES_CHOICE):
         return None
-    return frame_index_of_label(choice, num_frames)
+    return parse_frame_label(choice, num_frames)
 
 
 def view_settings_from_values(values: Mapping[str, Any], *, num_frames: int) -> ViewSettings:
@@ -157,5 +141,5 @@ class ViewControls:
 
 
 __all__ = ["ALL_FRAMES_CHOICE", "BRANCH_CHOICES", "HIDE_SKY_LABEL", "VIEW_CONTROL_NAMES", "ViewControls", "frame_choices",
-           "frame_index_of_label", "frame_label", "frame_labels", "parse_frame_choice", "view_settings_from_values",
+           "frame_label", "frame_labels", "parse_frame_choice", "view_settings_from_values",
            "view_values"]

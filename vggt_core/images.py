@@ -222,7 +222,7 @@ def _read_image(source: ImageSource, label: str) -> Image.Image:
 
 def _read_image_file(path: Path, label: str) -> Image.Image:
     if not path.exists():
-        raise InputError(f"{label}: no such image file")
+        raise InputError(f"{label}: image file not found")
     if path.is_dir():
         raise InputError(f"{label} is a folder, not an image file")
     try:

@@ -182,7 +182,7 @@ def _rotation_from_side_data(frame: av.VideoFrame) -> float:
 def _check_video_path(video_path: str | os.PathLike) -> Path:
     path = Path(video_path)
     if not path.exists():
-        raise InputError(f"{path.name}: no such video file")
+        raise InputError(f"{path.name}: video file not found")
     if path.is_dir():
         raise InputError(f"{path.name} is a folder, not a video file")
     return path

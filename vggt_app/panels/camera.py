@@ -16,6 +16,7 @@ from vggt_core import InputError
 from vggt_core.intrinsics import apply_camera_choice
 
 from ..store.entries import ReconstructionStore
+from ..summary import is_refined
 from ..view_controls import ViewControls
 
 from .derived import save_derived
@@ -41,7 +42,7 @@ class CameraPanel:
             raise InputError("Reconstruct something first; then choose its camera.")
         stored = self.store.load(recon_id)
         current = stored.reconstruction.info.get("intrinsics_source", "predicted")
-        if choice == "predicted" and current == "predicted":
+        if choice == "predicted" and current == "predicted" and not is_refined(stored.reconstruction):
             return self.show(recon_id, view, request)  # nothing to change
         changed = apply_camera_choice(stored.reconstruction, choice, focal, unit)
         label = {"predicted": "predicted intrinsics", "exif": "EXIF focal length"}.get(choice, f"focal {focal} {unit}")

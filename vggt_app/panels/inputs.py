@@ -9,11 +9,12 @@ from typing import Any
 
 import gradio as gr
 
+from vggt_core import InputError
+
 from ..runtime.models import spaces_package
 from ..service import ReconstructionService
 from ..settings import APP_DIR
 from ..share_links import reconstruction_id_from_text, share_link_query
-from ..uploads import uploaded_file_paths
 from ..view_controls import ViewControls
 from .memory import MemoryPanel
 from .tracks import REFINE_INFO, REFINE_LABEL
@@ -52,8 +53,9 @@ class InputsPanel:
         self.fps = gr.Slider(0.25, 10, value=settings.video_fps, step=0.25, label="Video frames per second",
                              info=f"Videos are sampled at this rate, at most {settings.max_frames} frames.")
         self.status = gr.Markdown(elem_id="input-status")
-        MemoryPanel(settings.max_frames, untrained=settings.is_untrained, device=settings.device,
-                    on_zero_gpu=spaces_package() is not None, file_paths=uploaded_file_paths,
+        MemoryPanel(settings.max_frames, checkpoint=settings.checkpoint, device=settings.device,
+                    on_zero_gpu=spaces_package() is not None,
+                    file_paths=self.usable_paths,
                     user_errors=self.user_errors).build_and_wire(self.files, self.fps)
         self.gallery = gr.Gallery(label="Frames to reconstruct", columns=4, height=240, object_fit="cover",
                                   allow_preview=True, elem_id="input-gallery")
@@ -68,6 +70,13 @@ class InputsPanel:
             self.open_button = gr.Button("Open")
 
     # ---- handlers
+
+    def usable_paths(self, files: Any) -> list[str]:
+        """The files the memory line counts: the usable ones (the preview says what is wrong with the others)."""
+        try:
+            return self.service.screen(files).usable
+        except InputError:
+            return []
 
     def preview(self, files: Any, fps: float) -> tuple[list[tuple[str, str]], str]:
         return self.service.preview(files, fps)

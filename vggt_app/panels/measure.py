@@ -15,11 +15,12 @@ import gradio as gr
 from PIL import Image, ImageDraw
 
 from vggt_core import InputError
+from vggt_core.frame_names import parse_frame_label as frame_index
 from vggt_core.reconstruction import Reconstruction
 from vggt_core.scale import LENGTH_UNITS, distance_between_photo_pixels, scale_from_known_distance
 
 from ..store.entries import ReconstructionStore
-from ..view_controls import ViewControls, frame_index_of_label as frame_index, frame_labels
+from ..view_controls import ViewControls, frame_labels
 from .derived import save_derived
 from .viewer import ShowScene
 

@@ -14,35 +14,35 @@ from typing import Any
 import gradio as gr
 
 from vggt_core import FrameLimitError, InputError
-from vggt_core.config import VGGTConfig, tiny_config
+from vggt_core.config import VGGTConfig
 from vggt_core.filtering import evenly_spaced_subset
 from vggt_core.memory import parameter_count
 from vggt_core.pipeline import (InputFrame, MemoryEstimate, estimate_memory_of_frames, gather_input_frames,
                                 is_video_file)
-from vggt_core.weights import resolve_device
+from vggt_core.weights import resolve_device, resolve_model_config
 
 GIB = 2 ** 30
 MIN_VIDEO_FPS = 0.25  # the slider's lowest value and step
 
 
 @functools.lru_cache(maxsize=4)
-def _config_and_parameters(untrained: bool) -> tuple[VGGTConfig, int]:
-    # Counting on the meta device costs about a second for VGGT-1B: once per process.
-    config = tiny_config() if untrained else VGGTConfig()
-    return config, parameter_count(config)
+def _config_of_checkpoint(checkpoint: str) -> VGGTConfig:
+    # The config beside a local checkpoint (or random-tiny's, or VGGT-1B's for a Hub id not yet
+    # downloaded): read once per process, without loading the weights.
+    return resolve_model_config(checkpoint)
 
 
 def _device_name(device: str) -> str:
     return "the GPU" if device.startswith("cuda") else "Apple's GPU" if device.startswith("mps") else "the CPU"
 
 
-def estimate_for_frames(frames: Sequence[InputFrame], *, untrained: bool, device: str | None,
+def estimate_for_frames(frames: Sequence[InputFrame], *, checkpoint: str, device: str | None,
                         on_zero_gpu: bool = False) -> MemoryEstimate:
     """The guard's estimate for ``frames`` on the app's device (no free-memory figure on ZeroGPU,
     where CUDA must not be touched outside a GPU call)."""
-    config, num_parameters = _config_and_parameters(untrained)
+    config = _config_of_checkpoint(checkpoint)
     target = resolve_device(device) if not on_zero_gpu else resolve_device("meta")
-    return estimate_memory_of_frames(config, frames, target, num_parameters=num_parameters)
+    return estimate_memory_of_frames(config, frames, target, num_parameters=parameter_count(config))
 
 
 def memory_line(estimate: MemoryEstimate, frame_limit: int) -> tuple[str, int | None]:
@@ -105,10 +105,10 @@ def thinned_inputs(paths: Sequence[str], fps: float, target: int, frame_limit: i
 class MemoryPanel:
     """The memory line under the input preview and its "thin evenly" button."""
 
-    def __init__(self, frame_limit: int, *, untrained: bool, device: str | None, on_zero_gpu: bool,
+    def __init__(self, frame_limit: int, *, checkpoint: str, device: str | None, on_zero_gpu: bool,
                  file_paths: Callable[[Any], list[str]], user_errors: Callable[[Callable], Callable]):
         self.frame_limit = frame_limit
-        self.untrained = untrained
+        self.checkpoint = checkpoint
         self.device = device
         self.on_zero_gpu = on_zero_gpu
         self.file_paths = file_paths
@@ -121,7 +121,7 @@ class MemoryPanel:
             return "", gr.Button(visible=False), 0
         try:
             frames = gather_without_limit(paths, float(fps), self.frame_limit)
-            estimate = estimate_for_frames(frames, untrained=self.untrained, device=self.device,
+            estimate = estimate_for_frames(frames, checkpoint=self.checkpoint, device=self.device,
                                            on_zero_gpu=self.on_zero_gpu)
         except InputError:
             return "", gr.Button(visible=False), 0  # the preview line already explains it

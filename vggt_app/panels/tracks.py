@@ -23,11 +23,12 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from vggt_core import InputError
+from vggt_core.frame_names import parse_frame_label as frame_index
 from vggt_core.reconstruction import Reconstruction
 from vggt_core.track_drawing import draw_tracks, marker_radius, track_colors
 
 from ..store.entries import ReconstructionStore
-from ..view_controls import ViewControls, frame_index_of_label as frame_index, frame_labels
+from ..view_controls import ViewControls, frame_labels
 from .derived import save_derived
 from .viewer import ShowScene
 

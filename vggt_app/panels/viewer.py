@@ -14,6 +14,7 @@ from typing import Any
 import gradio as gr
 
 from vggt_core import InputError
+from vggt_core.export import EXPORTERS, default_export_formats
 
 from ..errors import GENERIC_ERROR_MESSAGE, user_message
 from ..service import ReconstructionService, SceneView
@@ -45,9 +46,11 @@ class ViewerPanel:
         self.share_box = gr.Textbox(label="Share link", interactive=False, buttons=["copy"],
                                     placeholder="Appears after a reconstruction", elem_id="share-link")
         with gr.Accordion("Downloads", open=False):
-            gr.Markdown("GLB scene, PLY point cloud and COLMAP model (zip) of the current view, "
-                        "all raw predictions (.npz, load with `Reconstruction.load`) and depth maps "
-                        "at the photos' resolution (zip).")
+            gr.Markdown("Files of the current view (its points, filters and cameras); the `.npz` holds all raw "
+                        "predictions (load with `Reconstruction.load`).")
+            self.download_formats = gr.CheckboxGroup(
+                [(f"{exporter.file_name}: {exporter.description}", name) for name, exporter in EXPORTERS.items()],
+                value=list(default_export_formats()), label="Formats", elem_id="download-formats")
             self.downloads_button = gr.Button("Prepare downloads", elem_id="downloads-button")
             self.downloads = gr.File(label="Files", file_count="multiple", interactive=False, elem_id="downloads")
         self.recon_id_box = gr.Textbox(visible=False, elem_id="reconstruction-id")
@@ -78,16 +81,26 @@ class ViewerPanel:
 
     # ---- handlers
 
-    def update_view(self, recon_id: str, request: gr.Request = None, **view: Any) -> dict:
+    def update_view(self, recon_id: str, request: gr.Request = None, *, may_untick_sky: bool = False,
+                    **view: Any) -> dict:
         if not recon_id:
             return gr.skip()  # nothing reconstructed yet
         update = self.service.view_update(recon_id, view, self.page_url(request))
-        return {self.viewer: update.glb_path, self.summary: update.summary, self.share_box: update.share_link}
+        outputs = {self.viewer: update.glb_path, self.summary: update.summary, self.share_box: update.share_link}
+        if update.sky_refused and may_untick_sky:
+            outputs[self.controls.hide_sky] = False  # only the control that failed changes
+        return outputs
 
-    def prepare_downloads(self, recon_id: str, **view: Any) -> list[str]:
+    def update_view_from_sky_checkbox(self, recon_id: str, request: gr.Request = None, **view: Any) -> dict:
+        """:meth:`update_view` that may also untick "Hide sky" (when the sky model is missing)."""
+        return self.update_view(recon_id, request, may_untick_sky=True, **view)
+
+    def prepare_downloads(self, recon_id: str, formats: list[str] | None = None, **view: Any) -> list[str]:
         if not recon_id:
             raise InputError("Reconstruct something first; then its files can be downloaded.")
-        return self.service.downloads(recon_id, view)
+        if formats is not None and not formats:
+            raise InputError("Tick at least one format to download.")
+        return self.service.downloads(recon_id, view, formats)
 
     def open_from_page_url(self, request: gr.Request) -> dict:
         """On page load: show the reconstruction named by ``?r=<id>``, with the link's view."""
@@ -112,16 +125,21 @@ class ViewerPanel:
     def wire(self, demo: gr.Blocks) -> None:
         errors = self.user_errors
         confidence = self.controls.confidence
+        view_outputs = [self.viewer, self.summary, self.share_box]
         for control in self.controls.components:
+            is_sky = control is self.controls.hide_sky
             # always_last: while a slider is dragged only the final position is rendered.
-            control.change(errors(self.update_view), [self.recon_id_box], [self.viewer, self.summary, self.share_box],
+            control.change(errors(self.update_view_from_sky_checkbox if is_sky else self.update_view),
+                           [self.recon_id_box], view_outputs + ([control] if is_sky else []),
                            inputs_kwargs=self.controls.inputs,
                            api_name="update_view" if control is confidence else None,
                            api_visibility="public" if control is confidence else "private",
-                           trigger_mode="always_last", show_progress="minimal", concurrency_limit=8,
+                           trigger_mode="always_last", show_progress_on=[self.viewer], concurrency_limit=8,
                            concurrency_id="view")
+        # The formats come after the view controls in the API (older clients may leave them out).
         self.downloads_button.click(errors(self.prepare_downloads), [self.recon_id_box], [self.downloads],
-                                    inputs_kwargs=self.controls.inputs, api_name="export", concurrency_limit=2)
+                                    inputs_kwargs={**self.controls.inputs, "formats": self.download_formats},
+                                    api_name="export", concurrency_limit=2)
         # Page loads (which open ?r= links) must not queue behind each other.
         demo.load(self.open_from_page_url, None, self.scene_outputs, api_visibility="private",
                   show_progress="minimal", concurrency_limit=8, concurrency_id="page-load")
