@@ -40,6 +40,10 @@ def test_focal_scale_sky_and_depth_maps(tmp_path, checkpoint):  # noqa: F811
     assert np.load(out / "depth_maps" / "000_000_depth.npy").shape == (84, 112)
     assert json.loads((out / "depth_maps" / "depth_scale.json").read_text())["units"] == "m"
     assert b"comment units m" in (out / "points.ply").read_bytes()[:300]
+    # The summary says what was applied: the scale factor and the focal length.
+    assert f"multiplied by {recon.scale_factor:.6g}; units: m." in result.stdout
+    typed = f"{30 * 140 / 43.267:.0f} px"
+    assert "Focal length:" in result.stdout and "re-projected with the typed" in result.stdout and typed in result.stdout
 
 
 def test_units_without_a_scale_is_a_clear_error(tmp_path, checkpoint):  # noqa: F811

@@ -214,6 +214,11 @@ def run_reconstruct(args: argparse.Namespace) -> int:
     height, width = recon.image_size_hw
     print(f"Reconstructed {recon.num_frames} frames at {width}x{height} in {time.perf_counter() - started:.1f} s "
           f"(checkpoint {args.checkpoint}, device {next(model.parameters()).device}).")
+    if args.known_distance is not None or args.scale is not None:
+        print(f"Scale: every length multiplied by {recon.scale_factor:.6g}; units: {recon.units or 'VGGT units'}.")
+    from .intrinsics import focal_length_summary
+
+    print(focal_length_summary(recon) + ".")
     if recon.tracks is not None:
         print(f"Tracked {recon.tracks.shape[1]} points from {len(set(recon.track_query_frames.tolist()))} "
               "query frames.")

@@ -7,6 +7,8 @@ frames and memory checks are :mod:`vggt_core.pipeline`'s business.
 
 from __future__ import annotations
 
+import contextlib
+
 from typing import Any, Sequence
 
 import numpy as np
@@ -89,6 +91,30 @@ def _camera_depth_of_points(points: np.ndarray, extrinsics: np.ndarray) -> np.nd
             + extrinsics[:, None, None, 2, 3]).astype(np.float32)
 
 
+@contextlib.contextmanager
+def _reporting_each_block(model: torch.nn.Module, report: ProgressCallback, start: float, end: float):
+    """Report ``[start, end]`` as the aggregator's alternating-attention blocks finish, so a
+    progress bar moves during the forward (most of a run) instead of jumping over it. Forward
+    hooks: the network itself knows nothing of progress."""
+    blocks = getattr(getattr(model, "aggregator", None), "global_blocks", None)
+    if not isinstance(blocks, torch.nn.ModuleList) or len(blocks) == 0:
+        yield
+        return
+    total = len(blocks)
+
+    def hook_for(index: int):
+        def after_block(module, inputs, output) -> None:
+            report(start + (end - start) * (index + 1) / total, f"running the model: block {index + 1} of {total}")
+        return after_block
+
+    handles = [block.register_forward_hook(hook_for(index)) for index, block in enumerate(blocks)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def reconstruct(
     model: torch.nn.Module,
     images: torch.Tensor,
@@ -131,9 +157,11 @@ def reconstruct(
 
     device = _model_device(model)
     report(0.0, "running the model")
-    outputs = model(batch.to(device=device, dtype=torch.float32)[None],
-                    query_points=None if queries is None else queries.to(device),
-                    frames_chunk_size=frames_chunk_size)
+    with _reporting_each_block(model, report, 0.0, 0.6):
+        outputs = model(batch.to(device=device, dtype=torch.float32)[None],
+                        query_points=None if queries is None else queries.to(device),
+                        frames_chunk_size=frames_chunk_size)
+    report(0.65, "the heads decoded depth, points and cameras")
     # Copy to the CPU right away and drop the device tensors, so a long video does not keep
     # gigabytes of GPU memory alive while the rest runs on numpy.
     arrays = {key: _to_numpy(outputs[key]) for key in _MODEL_OUTPUT_KEYS
@@ -196,5 +224,5 @@ def reconstruct(
         track_visibility=arrays.get("vis") if tracks is not None else None,
         track_confidence=arrays.get("conf") if tracks is not None else None,
     )
-    report(1.0, "done")
+    report(1.0, "reconstruction collected")
     return reconstruction

@@ -157,7 +157,8 @@ def apply_camera_choice(recon: Reconstruction, choice: str, focal: float | None 
         if missing:
             shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
             raise InputError(f"{len(missing)} of {recon.num_frames} frames have no focal length in their EXIF "
-                             f"({shown}); video frames never do. Keep the intrinsics predicted by VGGT, or type the focal length.")
+                             f"({shown}); video frames never do. Keep the intrinsics predicted by VGGT, "
+                             "or type the focal length.")
         return with_known_focal_lengths(recon, [float(value) for value in found], "exif")
     if choice != "manual":
         raise InputError(f"unknown camera option {choice!r}; choose one of {INTRINSICS_SOURCES}")
