@@ -118,6 +118,8 @@ def test_sigterm_finishes_the_saves_and_exits_cleanly(tmp_path):
     assert return_code == 0, output[-3000:]
     assert "Aborted" not in output and "stack trace" not in output, output[-3000:]
     assert "every reconstruction in flight is saved" in output
+    # The app says where it runs, and not Gradio's advice to "set share=True" (its flag is --share).
+    assert "* Running on http://" in output and "share=True" not in output
     entries = sorted(path.name for path in storage.iterdir())
     assert len(entries) == 2 and recon_id in entries
     for entry in entries:  # the one whose link was shown, and the one in flight: both complete

@@ -95,8 +95,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     demo.queue(max_size=32)
     exit_cleanly_on_sigterm()
     try:
-        demo.launch(server_name=settings.host, server_port=settings.port, share=settings.share,
-                    **launch_options(settings))
+        # quiet: Gradio would advise "set share=True in launch()"; this app's flag is --share.
+        _, local_url, share_url = demo.launch(server_name=settings.host, server_port=settings.port,
+                                              share=settings.share, prevent_thread_lock=True, quiet=True,
+                                              **launch_options(settings))
+        logger.info("running on %s%s", local_url, f" and {share_url}" if share_url else "")
+        print(f"* Running on {local_url}" + (f" and {share_url}" if share_url else "") + " (Ctrl+C stops)", flush=True)
+        demo.block_thread()
     finally:
         demo.close()  # no new requests; then every save already handed to the writers completes
         store.close()
