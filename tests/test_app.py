@@ -217,7 +217,12 @@ def test_a_share_link_carries_the_view_it_was_copied_from(client, running_app, r
     glb_path, opened_summary, _, frames, recon_id, share = outputs[:6]
     assert recon_id == reconstructed["id"] and share["value"] == link
     assert opened_summary == summary and frames["value"] == "1: view_1.png"
-    assert outputs[7:] == (0, "point", False, False, False, 20_000, False)  # the other controls (last: hide sky)
+    assert outputs[7:14] == (0, "point", False, False, False, 20_000, False)  # the other controls (last: hide sky)
+    # The upload box gets the scene's frames, named as they were, so it can be run again.
+    assert [Path(item).name for item in outputs[14]] == ["view_0.jpg", "view_1.jpg", "view_2.jpg"]
+    from PIL import Image
+
+    assert Image.open(outputs[14][1]).size[0] == 518  # the model-input frame
     scene = trimesh.load(glb_path, file_type="glb", force="scene")
     assert not [name for name in scene.geometry if name.startswith("camera_")]
 
@@ -227,7 +232,7 @@ def test_invalid_view_settings_in_a_link_fall_back_to_defaults(client, reconstru
     outputs = client.predict(link, *DEFAULT_VIEW, api_name="/open_shared")
     # The scene opens with the defaults in place of the invalid settings; the valid one applies.
     assert points_shown(outputs[1]) == 12_345 and "depth branch" in outputs[1]
-    assert outputs[3]["value"] == "All" and outputs[7:] == (50, "depth", True, False, False, 12_345, False)
+    assert outputs[3]["value"] == "All" and outputs[7:14] == (50, "depth", True, False, False, 12_345, False)
     assert outputs[5]["value"] == reconstructed["share"]["value"] + "&points=12345"
 
 

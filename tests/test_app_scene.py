@@ -97,6 +97,7 @@ def test_measure_two_points_and_rescale_everything(client, server, reconstructed
     outputs = client.predict(recon_id, points, 2.5, "m", *VIEW, api_name="/apply_scale")
     summary, new_id, share = outputs[1], outputs[4], outputs[5]["value"]
     assert new_id != recon_id and new_id in share
+    assert "**distance 2.5 m**" in outputs[14]  # the panel now measures A–B in the new unit
     assert "Units: **m**" in summary and points_shown(summary) == points_shown(reconstructed["summary"])
     scaled = wait_stored(client, server, new_id)
     assert scaled.units == "m"
@@ -242,3 +243,22 @@ def test_thinning_a_video_lowers_its_frame_rate(tmp_path):
     from vggt_core.pipeline import gather_input_frames
 
     assert len(gather_input_frames(kept, fps=fps)) <= 5 < len(gather_input_frames(kept, fps=fps + 0.25))
+
+
+def test_measure_markers_are_visible_on_any_texture():
+    """A and B are drawn as ringed discs with labels: they stand out on white, black and noise."""
+    from vggt_app.panels.measure import marked_frame
+    from vggt_core.synthetic import reconstruction_from_synthetic_scene, render_scene
+
+    recon = reconstruction_from_synthetic_scene(render_scene("room", num_views=2, width=140, height=112))
+    rng = np.random.default_rng(0)
+    for background in (np.full_like(recon.images[0], 255), np.zeros_like(recon.images[0]),
+                       rng.integers(0, 256, recon.images[0].shape, dtype=np.uint8)):
+        recon.images[0] = background
+        photo_x, photo_y = recon.frame_transform(0).processed_to_original([70.5, 56.5])
+        marked = np.asarray(marked_frame(recon, 0, [[0, photo_x, photo_y]])).astype(int)
+        changed = np.abs(marked - background.astype(int)).sum(axis=-1) > 150
+        rows, cols = np.mgrid[:changed.shape[0], :changed.shape[1]]
+        disc = (rows - 56) ** 2 + (cols - 70) ** 2 <= 6 ** 2
+        assert changed[disc].mean() > 0.5  # the ringed disc, whatever lies under it
+        assert changed[:, 77:].sum() > 20  # and its label box to the right

@@ -76,8 +76,8 @@ def build_page(service: ReconstructionService) -> gr.Blocks:
                 viewer.build()
                 panels_slot = gr.Column()  # Measure, Camera and Tracks, placed once the gallery exists
         viewer.build_gallery()
-        viewer.wire(demo)
-        inputs.wire()
+        viewer.wire()
+        inputs.wire(demo)
         with panels_slot:
             for panel in (MeasurePanel(service.store, viewer.show_scene, show_user_errors),
                           CameraPanel(service.store, viewer.show_scene, show_user_errors),

@@ -130,6 +130,22 @@ class ViewRenderer:
                     EXPORTERS[name].write(request, partial)
         return [str(self.cache.path(stored.id, file)) for file in files.values()]
 
+    def input_frame_files(self, recon_id: str, gallery: Sequence[tuple[str, str]], frame_names: Sequence[str]) -> list[str]:
+        """The scene's input frames as files named after the frames (for the upload box, so a scene
+        opened from a link can be run again), copied from the gallery's "input" pictures."""
+        inputs = [path for path, _ in gallery if Path(path).name.startswith("input-")]
+        stems = [Path(name).stem or f"frame_{index:03d}" for index, name in enumerate(frame_names)]
+        if len(set(stems)) != len(stems):
+            stems = [f"{index:03d}_{stem}" for index, stem in enumerate(stems)]
+        files = []
+        for source, stem in zip(inputs, stems):
+            name = f"frames/{stem}.jpg"
+            with self.cache.build(recon_id, name) as (partial, existing):
+                if existing is None:
+                    partial.write_bytes(Path(source).read_bytes())
+            files.append(str(self.cache.path(recon_id, name)))
+        return files
+
     def picture_file(self, image: Image.Image) -> str:
         """A JPEG of ``image`` in the cache (named by its content), so that preview thumbnails,
         too, count towards the cap instead of piling up in Gradio's own folder."""

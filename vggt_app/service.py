@@ -71,6 +71,7 @@ class SceneView:
     settings: ViewSettings  # what the viewer shows (all frames)
     share_link: str
     expiry_note: str
+    input_frames: list[str] = dataclasses.field(default_factory=list)  # the frames as files, to run again
 
 
 @dataclass(frozen=True)
@@ -236,10 +237,12 @@ class ReconstructionService:
                                     "showing the defaults for those."))
         settings = self.sky.apply(stored, settings)
         view = self.renderer.view(stored, settings)
+        gallery = self.renderer.depth_gallery(stored)
         return SceneView(id=stored.id, glb_path=str(view.glb_path), summary=summary_markdown(stored, view),
-                         gallery=self.renderer.depth_gallery(stored), frame_menu=frame_choices(recon),
+                         gallery=gallery, frame_menu=frame_choices(recon),
                          settings=settings, share_link=share_link(page_url, stored.id, settings, is_refined(recon)),
-                         expiry_note=self.expiry_note(stored))
+                         expiry_note=self.expiry_note(stored),
+                         input_frames=self.renderer.input_frame_files(stored.id, gallery, recon.frame_names))
 
     # ---- the first view of a link, from a few megabytes (vggt_app.store.first_view)
 
@@ -284,10 +287,12 @@ class ReconstructionService:
             gallery.append((str(self.renderer.cache.path(recon_id, name)), caption))
         self._prefetch(recon_id)
         expires = datetime.fromtimestamp(float(metadata["created_at"]) + self.store.ttl_seconds, tz=timezone.utc)
+        frame_names = [label.split(": ", 1)[1] for label in first.frame_choices[1:]]
         return SceneView(id=recon_id, glb_path=str(self.renderer.cache.path(recon_id, glb_name)), summary=first.summary,
                          gallery=gallery, frame_menu=first.frame_choices, settings=settings,
                          share_link=share_link(page_url, recon_id, settings, first.refined),
-                         expiry_note=expiry_text(expires))
+                         expiry_note=expiry_text(expires),
+                         input_frames=self.renderer.input_frame_files(recon_id, gallery, frame_names))
 
     def _prefetch(self, recon_id: str) -> None:
         """Read the full scene in the background (one at a time; skipped when one is running)."""

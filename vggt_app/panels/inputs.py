@@ -3,6 +3,7 @@ the refine option, the Reconstruct button, the examples, and opening a shared li
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,14 +12,19 @@ import gradio as gr
 
 from vggt_core import InputError
 
+from ..errors import GENERIC_ERROR_MESSAGE, user_message
 from ..runtime.models import spaces_package
-from ..service import ReconstructionService
+from ..service import ReconstructionService, SceneView
 from ..settings import APP_DIR
-from ..share_links import reconstruction_id_from_text, share_link_query
+from ..share_links import (DEFAULT_VIEW_SETTINGS, SHARE_QUERY_PARAMETER, reconstruction_id_from_text,
+                           share_link_query)
+from ..store.entries import StoreError
 from ..view_controls import ViewControls
 from .memory import MemoryPanel
 from .tracks import REFINE_INFO, REFINE_LABEL
 from .viewer import ViewerPanel
+
+logger = logging.getLogger("vggt_app")
 
 EXAMPLES_DIR = APP_DIR / "assets" / "examples"
 
@@ -93,16 +99,39 @@ class InputsPanel:
         self.service.save_first_view(pending.id, settings)
         return self.viewer.scene_updates(scene)
 
+    def scene_and_frames(self, scene: SceneView) -> dict:
+        """A scene opened from a link, with its input frames in the upload box, ready to run again
+        (with other options, say)."""
+        return {**self.viewer.scene_updates(scene), self.files: scene.input_frames}
+
+    def open_from_page_url(self, request: gr.Request) -> dict:
+        """On page load: show the reconstruction named by ``?r=<id>``, with the link's view."""
+        query = {key: str(value) for key, value in dict(getattr(request, "query_params", {}) or {}).items()}
+        requested = query.get(SHARE_QUERY_PARAMETER)
+        if not requested:
+            return gr.skip()
+        try:
+            return self.scene_and_frames(self.service.scene_view(requested, DEFAULT_VIEW_SETTINGS,
+                                                                 self.viewer.page_url(request), query))
+        except StoreError as error:  # unknown, expired, or storage busy right now
+            message = str(error)
+        except Exception:
+            logger.exception("unexpected error while opening a shared reconstruction")
+            message = GENERIC_ERROR_MESSAGE
+        # Shown in the page as well as in a toast: the visitor came for this scene.
+        gr.Warning(user_message(message))
+        return {self.viewer.summary: f"⚠️ {user_message(message)}"}
+
     def open_shared(self, link_or_id: str, request: gr.Request = None, **view: Any) -> dict:
         # The current controls, unless the pasted link carries a view of its own.
         settings = ViewControls.settings(view, num_frames=1, all_frames=True)
-        return self.viewer.scene_updates(self.service.scene_view(
+        return self.scene_and_frames(self.service.scene_view(
             reconstruction_id_from_text(link_or_id), settings, self.viewer.page_url(request),
             share_link_query(link_or_id)))
 
     # ---- wiring
 
-    def wire(self) -> None:
+    def wire(self, demo: gr.Blocks) -> None:
         errors = self.user_errors
         view = self.viewer.controls.inputs
         self.files.change(errors(self.preview), [self.files, self.fps], [self.gallery, self.status],
@@ -117,9 +146,14 @@ class InputsPanel:
                                       inputs_kwargs={**view, "refine": self.refine}, api_name="reconstruct",
                                       concurrency_limit=2, concurrency_id="reconstruct", scroll_to_output=True,
                                       show_progress_on=[self.viewer.viewer])
-        self.open_button.click(errors(self.open_shared), [self.shared_link], self.viewer.scene_outputs,
+        # Opened scenes also fill the upload box (appended to the API's outputs).
+        opened_outputs = [*self.viewer.scene_outputs, self.files]
+        self.open_button.click(errors(self.open_shared), [self.shared_link], opened_outputs,
                                inputs_kwargs=view, api_name="open_shared", concurrency_limit=8,
                                concurrency_id="view", show_progress_on=[self.viewer.viewer])
+        # Page loads (which open ?r= links) must not queue behind each other.
+        demo.load(self.open_from_page_url, None, opened_outputs, api_visibility="private",
+                  show_progress_on=[self.viewer.viewer], concurrency_limit=8, concurrency_id="page-load")
 
 
 __all__ = ["EXAMPLES_DIR", "InputsPanel", "example_sets"]

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import gradio as gr
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from vggt_core import InputError
 from vggt_core.frame_names import parse_frame_label as frame_index
@@ -37,18 +37,33 @@ def parse_points(text: str | None) -> list[list[float]]:
     return points[-2:]
 
 
+def draw_labelled_marker(draw: ImageDraw.ImageDraw, x: float, y: float, label: str, color: tuple[int, int, int],
+                         radius: int) -> None:
+    """A disc in ``color`` ringed white then black, and its label on a dark box beside it: visible
+    on any texture, bright or dark."""
+    outer = radius + 2
+    draw.ellipse([x - outer, y - outer, x + outer, y + outer], fill=(0, 0, 0))
+    draw.ellipse([x - radius, y - radius, x + radius, y + radius], fill=(255, 255, 255))
+    inner = max(2, radius - 2)
+    draw.ellipse([x - inner, y - inner, x + inner, y + inner], fill=color)
+    font = ImageFont.load_default(size=max(10, 2 * radius))
+    left, top = x + outer + 2, y - outer - 2 * radius
+    box = draw.textbbox((left, top), label, font=font)
+    draw.rectangle([box[0] - 2, box[1] - 2, box[2] + 2, box[3] + 2], fill=(0, 0, 0), outline=(255, 255, 255))
+    draw.text((left, top), label, fill=color if sum(color) > 300 else (255, 255, 255), font=font)
+
+
 def marked_frame(recon: Reconstruction, index: int, points: list[list[float]]) -> Image.Image:
     """The model-input frame ``index`` with the measured points of that frame drawn on it."""
     image = Image.fromarray(recon.images[index]).convert("RGB")
     draw = ImageDraw.Draw(image)
-    radius = max(3, round(min(image.size) / 60))
+    radius = max(4, round(min(image.size) / 50))
     transform = recon.frame_transform(index)
     for label, (frame, x, y) in zip("AB", points):
         if int(frame) != index:
             continue
         cx, cy = transform.original_to_processed([x, y])
-        draw.ellipse([cx - radius, cy - radius, cx + radius, cy + radius], outline=MARKER_COLORS[label], width=2)
-        draw.text((cx + radius + 1, cy - 2 * radius), label, fill=MARKER_COLORS[label])
+        draw_labelled_marker(draw, cx, cy, label, MARKER_COLORS[label], radius)
     return image
 
 
@@ -77,8 +92,10 @@ class MeasurePanel:
         recon = self.store.load(recon_id).reconstruction
         return marked_frame(recon, frame_index(choice, recon.num_frames), parse_points(points_text))
 
-    def reset(self, recon_id: str) -> tuple:
-        if not recon_id:
+    def reset(self, recon_id: str, rescaled: str = "") -> tuple:
+        """A new scene on the page: its first frame and no points; except the scene this panel has
+        just rescaled, which keeps its points and the distance in the new unit (set by :meth:`apply`)."""
+        if not recon_id or recon_id == rescaled:
             return gr.skip(), gr.skip(), gr.skip(), gr.skip()
         recon = self.store.load(recon_id).reconstruction
         choices = frame_labels(recon)
@@ -125,7 +142,9 @@ class MeasurePanel:
         scaled = stored.reconstruction.scaled(factor, units=unit)
         new_id = save_derived(self.store, stored, scaled, f"scaled ×{factor:.6g} to {unit}")
         gr.Info(f"Scene rescaled: {float(length):g} {unit} between A and B (×{factor:.4g}).")
-        return self.show(new_id, view, request)
+        # The panel keeps A and B and now measures in the new unit.
+        return {**self.show(new_id, view, request), self.result: describe(scaled, points, branch),
+                self.rescaled: new_id}
 
     # ---- layout and wiring
 
@@ -146,8 +165,10 @@ class MeasurePanel:
                 length = gr.Number(label="True length of A–B", minimum=0, elem_id="measure-length")
                 unit = gr.Dropdown(list(LENGTH_UNITS), value=DEFAULT_UNIT, label="Unit", elem_id="measure-unit")
             apply = gr.Button("Rescale the scene", elem_id="measure-apply")
+            rescaled = gr.Textbox(visible=False, elem_id="measure-rescaled")
+        self.result, self.rescaled = result, rescaled
         branch = view_controls.branch
-        recon_id_box.change(self.user_errors(self.reset), [recon_id_box], [frame, image, points, result],
+        recon_id_box.change(self.user_errors(self.reset), [recon_id_box, rescaled], [frame, image, points, result],
                             api_visibility="private")
         frame.input(self.user_errors(self.frame), [recon_id_box, frame, points], [image], api_name="measure_frame")
         image.select(self.user_errors(self.select), [recon_id_box, frame, points, branch], [image, points, result],
@@ -159,7 +180,8 @@ class MeasurePanel:
         hidden_button.click(self.user_errors(self.point), [recon_id_box, frame, x_box, y_box, points, branch],
                             [image, points, result], api_name="measure_point")
 
-        apply.click(self.user_errors(self.apply), [recon_id_box, points, length, unit], list(scene_outputs),
+        apply.click(self.user_errors(self.apply), [recon_id_box, points, length, unit],
+                    [*scene_outputs, result, rescaled],
                     inputs_kwargs=view_controls.inputs, api_name="apply_scale", concurrency_limit=2)
 
 

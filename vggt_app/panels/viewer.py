@@ -7,7 +7,6 @@ output a newly shown scene sets (:attr:`ViewerPanel.scene_outputs`), for the oth
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -16,13 +15,8 @@ import gradio as gr
 from vggt_core import InputError
 from vggt_core.export import EXPORTERS, default_export_formats
 
-from ..errors import GENERIC_ERROR_MESSAGE, user_message
 from ..service import ReconstructionService, SceneView
-from ..share_links import DEFAULT_VIEW_SETTINGS, SHARE_QUERY_PARAMETER
-from ..store.entries import StoreError
 from ..view_controls import ViewControls
-
-logger = logging.getLogger("vggt_app")
 
 # (id, the view controls' values by name, request) -> the scene outputs' updates.
 ShowScene = Callable[[str, Mapping[str, Any], Any], dict]
@@ -102,27 +96,9 @@ class ViewerPanel:
             raise InputError("Tick at least one format to download.")
         return self.service.downloads(recon_id, view, formats)
 
-    def open_from_page_url(self, request: gr.Request) -> dict:
-        """On page load: show the reconstruction named by ``?r=<id>``, with the link's view."""
-        query = {key: str(value) for key, value in dict(getattr(request, "query_params", {}) or {}).items()}
-        requested = query.get(SHARE_QUERY_PARAMETER)
-        if not requested:
-            return gr.skip()
-        try:
-            return self.scene_updates(self.service.scene_view(requested, DEFAULT_VIEW_SETTINGS,
-                                                              self.page_url(request), query))
-        except StoreError as error:  # unknown, expired, or storage busy right now
-            message = str(error)
-        except Exception:
-            logger.exception("unexpected error while opening a shared reconstruction")
-            message = GENERIC_ERROR_MESSAGE
-        # Shown in the page as well as in a toast: the visitor came for this scene.
-        gr.Warning(user_message(message))
-        return {self.summary: f"⚠️ {user_message(message)}"}
-
     # ---- wiring
 
-    def wire(self, demo: gr.Blocks) -> None:
+    def wire(self) -> None:
         errors = self.user_errors
         confidence = self.controls.confidence
         view_outputs = [self.viewer, self.summary, self.share_box]
@@ -140,9 +116,6 @@ class ViewerPanel:
         self.downloads_button.click(errors(self.prepare_downloads), [self.recon_id_box], [self.downloads],
                                     inputs_kwargs={**self.controls.inputs, "formats": self.download_formats},
                                     api_name="export", concurrency_limit=2)
-        # Page loads (which open ?r= links) must not queue behind each other.
-        demo.load(self.open_from_page_url, None, self.scene_outputs, api_visibility="private",
-                  show_progress="minimal", concurrency_limit=8, concurrency_id="page-load")
 
 
 __all__ = ["ShowScene", "ViewerPanel"]
