@@ -171,7 +171,9 @@ def test_hide_sky_hides_the_masked_points_and_stores_the_mask_once(client, serve
     written_at = attachment.stat().st_mtime_ns
     # Another session opens the link: the stored mask is used, nothing is computed again.
     opened = Client(server.url, verbose=False).predict(share, *VIEW, api_name="/open_shared")
-    assert points_shown(opened[1]) == expected and opened[-1] is True
+    # The hide-sky checkbox is the last scene output; the upload box (the scene's frames) follows it.
+    assert points_shown(opened[1]) == expected and opened[-2] is True
+    assert len(opened[-1]) == len(recon.images)
     assert attachment.stat().st_mtime_ns == written_at
 
 

@@ -20,12 +20,13 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from .errors import InputError
 from .geometry import unproject_depth_maps_in_frame_chunks
+from .progress import ProgressCallback
 from .reconstruction import Reconstruction
 
 __all__ = ["BundleAdjustmentReport", "BundleAdjustmentResult", "CAMERA_MODELS", "bundle_adjust",
@@ -45,7 +46,6 @@ _KNOWN_FOCAL_SOURCES = ("exif", "manual")
 DEFAULT_MAX_REPROJECTION_ERROR_PX = 8.0
 
 logger = logging.getLogger(__name__)
-ProgressCallback = Callable[[float, str], None]
 
 
 @dataclass
