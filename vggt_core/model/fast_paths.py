@@ -1,9 +1,9 @@
 """One switch for the forward's exact speed-ups (docs/performance.md).
 
 Every speed-up behind this switch computes the same numbers up to float32 rounding order (the
-golden tests hold at their tolerances with it on or off): channels-last convolutions in the DPT
-heads, their full-resolution tail decoded one frame at a time, ReLUs and residual adds in place,
-cached position tables. Switched off, the model runs the plain code path that was measured at
+golden tests hold at their tolerances with it on or off): the DPT heads' full-resolution tail
+decoded a few frames at a time, their ReLUs and residual adds in place, their channels-last
+layout made explicit, position tables (UV and RoPE) made once per forward. Switched off, the model runs the plain code path that was measured at
 0.98-1.05x the authors' implementation's time; ``benchmarks/bench_speedup.py`` times both.
 """
 
