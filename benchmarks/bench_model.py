@@ -35,10 +35,19 @@ def make_config(name: str):
 
 
 def measure_one(config_name: str, device: str, frames: int, height: int, width: int, repeats: int,
-                chunk: int) -> dict:
+                chunk: int, plain: bool = False) -> dict:
     import torch
 
     from vggt_core.model import VGGT
+    from vggt_core.model.fast_paths import fast_paths
+
+    with fast_paths(not plain):
+        return _measure(VGGT, config_name, device, frames, height, width, repeats, chunk)
+
+
+def _measure(VGGT, config_name: str, device: str, frames: int, height: int, width: int, repeats: int,
+             chunk: int) -> dict:
+    import torch
 
     torch.manual_seed(0)
     model = VGGT(make_config(config_name)).eval().to(device)
@@ -74,6 +83,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--chunk", type=int, default=8, help="frames_chunk_size of the dense heads")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--plain", action="store_true",
+                        help="the plain forward (vggt_core.model.fast_paths off), as before the CPU speed-ups")
     parser.add_argument("--single", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     width, height = (int(v) for v in args.size.lower().split("x"))
@@ -84,11 +95,11 @@ def main() -> None:
 
             torch.set_num_threads(args.threads)
         print(json.dumps(measure_one(args.config, args.device, args.single, height, width, args.repeats,
-                                     args.chunk)))
+                                     args.chunk, plain=args.plain)))
         return
 
     print(f"config={args.config} device={args.device} size={width}x{height} chunk={args.chunk} "
-          f"repeats={args.repeats} (best time)")
+          f"repeats={args.repeats} (best time){' plain forward' if args.plain else ''}")
     print(f"| frames | time (s) | s/frame | peak memory (GiB) |")
     print(f"|---:|---:|---:|---:|")
     for frames in (int(v) for v in args.frames.split(",")):

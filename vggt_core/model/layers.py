@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .fast_paths import fast_paths_enabled
 
 
 class Mlp(nn.Module):
@@ -40,6 +42,8 @@ class TokenPositions:
 
     yx: torch.Tensor
     max_position: int
+    # Fast path: each rotary table gathered at these positions once, shared by every block.
+    gathered: dict = field(default_factory=dict, compare=False, repr=False)
 
 
 class RotaryPositionEmbedding2D(nn.Module):
@@ -71,13 +75,34 @@ class RotaryPositionEmbedding2D(nn.Module):
         # x: [B, heads, N, d]; positions: [B, N] integer
         cos = F.embedding(positions, cos_table)[:, None]
         sin = F.embedding(positions, sin_table)[:, None]
+        return RotaryPositionEmbedding2D._rotate_gathered(x, cos, sin)
+
+    def _gathered_tables(self, positions: TokenPositions, half_dim: int, device, dtype):
+        """``(row cos, row sin, column cos, column sin)``, each ``[B or 1, 1, N, half_dim]``, made once
+        per positions object (a batch dimension expanded from one row is gathered once)."""
+        key = (half_dim, str(device), dtype, torch.is_inference_mode_enabled())
+        if key not in positions.gathered:
+            cos_table, sin_table = self._cos_sin_tables(half_dim, positions.max_position, device, dtype)
+            yx = positions.yx
+            if yx.shape[0] > 1 and yx.stride(0) == 0:
+                yx = yx[:1]
+            positions.gathered[key] = tuple(F.embedding(yx[..., axis], table)[:, None]
+                                            for axis in (0, 1) for table in (cos_table, sin_table))
+        return positions.gathered[key]
+
+    @staticmethod
+    def _rotate_gathered(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         first, second = x.chunk(2, dim=-1)
-        rotated_half = torch.cat([-second, first], dim=-1)
-        return x * cos + rotated_half * sin
+        return x * cos + torch.cat([-second, first], dim=-1) * sin
 
     def forward(self, x: torch.Tensor, positions: TokenPositions) -> torch.Tensor:
         """Rotate queries or keys ``x [B, heads, N, head_dim]`` by their token positions."""
         half_dim = x.shape[-1] // 2
+        if fast_paths_enabled():
+            row_cos, row_sin, col_cos, col_sin = self._gathered_tables(positions, half_dim, x.device, x.dtype)
+            rows, cols = x.chunk(2, dim=-1)
+            return torch.cat([self._rotate_gathered(rows, row_cos, row_sin),
+                              self._rotate_gathered(cols, col_cos, col_sin)], dim=-1)
         cos_table, sin_table = self._cos_sin_tables(half_dim, positions.max_position, x.device, x.dtype)
         rows, cols = x.chunk(2, dim=-1)
         rows = self._rotate(rows, positions.yx[..., 0], cos_table, sin_table)
