@@ -199,3 +199,24 @@ def test_chunked_cli_run_of_the_tiny_model(tmp_path):
     assert alignment["num_chunks"] == 3 and alignment["chunk_size"] == 4
     assert recon.frame_names == [Path(photo).name for photo in photos] or len(recon.frame_names) == 7
     assert np.isfinite(recon.points_from_depth).all()
+
+
+def test_chunk_run_memory_is_flat_in_the_sequence_length():
+    """Small numbers from benchmarks/bench_chunks.py, in one fresh process (its allocator setting
+    must not leak into the test session): the largest per-chunk rise of resident memory for 24
+    and 96 frames agrees within 10 %, while one unchunked run of 96 frames needs more than twice
+    as much (so the measurement would see a chunked run that is not)."""
+    import json
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    script = ("import json, sys; sys.path[:0] = [sys.argv[1], sys.argv[1] + '/benchmarks'];"
+              "from bench_chunks import measure_one;"
+              "print(json.dumps([measure_one(n, 56, 56, 8, 2, single_run=True) for n in (24, 96)]))")
+    output = subprocess.run([sys.executable, "-c", script, str(repo)], capture_output=True, text=True,
+                            timeout=120, check=True).stdout
+    short, long = json.loads(output.strip().splitlines()[-1])
+    assert long["chunks"] > short["chunks"]
+    assert long["chunk_run_peak_increase_bytes"] <= 1.1 * short["chunk_run_peak_increase_bytes"]
+    assert long["single_run_peak_increase_bytes"] > 2 * long["chunk_run_peak_increase_bytes"]
