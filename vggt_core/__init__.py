@@ -5,11 +5,14 @@ Layers, from the bottom: ``config`` and ``model`` (pure PyTorch network), ``geom
 ``reconstruction`` (model run -> Reconstruction), ``pipeline`` (files -> Reconstruction),
 ``filtering``, ``export``, ``depth_maps``, ``store`` (reconstructions under share ids); ``scale``,
 ``exif``, ``intrinsics`` and ``sky`` (real-world scale, known focal lengths, sky masks);
-``tracks`` and ``bundle_adjustment`` (point tracks from several frames, refined cameras).
+``tracks`` and ``bundle_adjustment`` (point tracks from several frames, refined cameras);
+``chunks`` (long videos in aligned chunks), ``distributed`` and ``device_group`` (one forward
+sharded over processes or devices).
 """
 
 from . import geometry, synthetic
 from .bundle_adjustment import BundleAdjustmentReport, BundleAdjustmentResult, bundle_adjust
+from .chunks import align_chunks, reconstruct_in_chunks
 from .config import VGGTConfig
 from .errors import FrameLimitError, InputError, WeightsUnavailableError
 from .exif import exif_focal_length_px
@@ -29,5 +32,5 @@ __all__ = [
     "load_images", "load_model", "reconstruct", "reconstruct_frames", "resolve_device", "select_points",
     "synthetic", "exif_focal_length_px", "scale_from_known_distance",
     "BundleAdjustmentReport", "BundleAdjustmentResult", "TrackQueries", "bundle_adjust", "choose_query_points",
-    "track_reconstruction",
+    "track_reconstruction", "align_chunks", "reconstruct_in_chunks",
 ]
