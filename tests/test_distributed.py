@@ -49,13 +49,13 @@ def test_three_ranks_give_the_golden_reference_outputs(tmp_path):
 
 
 def test_cli_distributed_over_two_ranks_equals_one_process(tmp_path):
-    """``torchrun -m vggt_core reconstruct --distributed`` with an odd frame count (shards of 3
-    and 2 frames) writes the reconstruction a single process computes."""
+    """``torchrun -m vggt_core reconstruct --distributed`` with an odd frame count (shards of 2
+    and 1 frames) writes the reconstruction a single process computes."""
     from vggt_core import synthetic
     from vggt_core.pipeline import gather_input_frames, reconstruct_frames
     from vggt_core.reconstruction import Reconstruction
 
-    scene = synthetic.render_scene("room", num_views=5, width=84, height=56, seed=1)
+    scene = synthetic.render_scene("room", num_views=3, width=84, height=56, seed=1)
     photos = [str(path) for path in synthetic.save_scene_images(scene, tmp_path / "photos")]
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
                "--master-addr", "127.0.0.1", "--master-port", str(_free_port()),
