@@ -12,13 +12,13 @@ import pytest
 import torch
 
 from vggt_core import reconstruct
-from vggt_core.device_group import DeviceGroup, DeviceGroupError, checkpoint_loader
+from vggt_core.device_group import DeviceGroup, DeviceGroupError, checkpoint_loader, parse_devices
 from vggt_core.weights import load_model
 
 TINY = Path(__file__).parent / "fixtures" / "vggt-tiny"
 
 
-def test_cpu_device_group_equals_one_process_and_survives_nothing_silently():
+def test_cpu_device_group_equals_one_process_and_a_killed_worker_raises():
     images = torch.rand(5, 3, 56, 84, generator=torch.Generator().manual_seed(4))
     single = reconstruct(load_model(TINY, device="cpu"), images)
     group = DeviceGroup(["cpu", "cpu"], checkpoint_loader(str(TINY)), start_timeout_s=120, timeout_s=60)
@@ -37,3 +37,14 @@ def test_cpu_device_group_equals_one_process_and_survives_nothing_silently():
     finally:
         group.close()
     assert not any(process.is_alive() for process in group._processes)
+
+
+def test_parse_devices():
+    assert parse_devices("cpu, cpu") == ["cpu", "cpu"]
+    assert parse_devices("cpu") == []  # one device: no group
+    if not torch.cuda.is_available():
+        assert parse_devices(None) == []
+        with pytest.raises(ValueError, match="not a visible CUDA device"):
+            parse_devices("cuda:0,cuda:1")
+    with pytest.raises(ValueError, match="CUDA or CPU"):
+        parse_devices("cpu,meta")

@@ -24,7 +24,7 @@ from torch import nn
 
 from .config import DEFAULT_FRAMES_CHUNK_SIZE
 
-__all__ = ["DeviceGroup", "DeviceGroupError", "checkpoint_loader"]
+__all__ = ["DeviceGroup", "DeviceGroupError", "checkpoint_loader", "parse_devices"]
 
 ModelLoader = Callable[[torch.device], nn.Module]
 
@@ -45,6 +45,28 @@ def checkpoint_loader(checkpoint: str, config_path: str | None = None) -> ModelL
     """A picklable ``loader(device) -> model`` for :class:`DeviceGroup` that loads ``checkpoint``
     (a Hub id or a local file/folder, as :func:`vggt_core.load_model`) in each worker."""
     return functools.partial(_load_checkpoint, str(checkpoint), None if config_path is None else str(config_path))
+
+
+def parse_devices(text: str | None) -> list[str]:
+    """The devices of a ``--devices`` option: ``"cuda:0,cuda:1"`` or ``"cpu,cpu"`` as given; None
+    or empty means every visible CUDA device when there are several. Fewer than two devices gives
+    ``[]``: run on one device, without a group.
+
+    Raises:
+        ValueError: a name torch does not know, or a CUDA index that is not visible.
+    """
+    if not text:
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        return [f"cuda:{index}" for index in range(count)] if count > 1 else []
+    devices = [item.strip() for item in text.split(",") if item.strip()]
+    for name in devices:
+        device = torch.device(name)  # raises ValueError/RuntimeError on an unknown name
+        if device.type == "cuda" and (not torch.cuda.is_available()
+                                      or (device.index or 0) >= torch.cuda.device_count()):
+            raise ValueError(f"{name} is not a visible CUDA device")
+        if device.type not in ("cuda", "cpu"):
+            raise ValueError(f"a device group runs on CUDA or CPU devices, got {name}")
+    return devices if len(devices) > 1 else []
 
 
 def _free_port() -> int:
