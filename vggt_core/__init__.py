@@ -4,13 +4,16 @@ Layers, from the bottom: ``config`` and ``model`` (pure PyTorch network), ``geom
 (cameras and points), ``weights`` (checkpoint loading), ``images``/``video`` (input),
 ``reconstruction`` (the Reconstruction type and file), ``inference`` (model run ->
 Reconstruction), ``pipeline`` (files -> Reconstruction), ``progress`` (progress callbacks),
-``filtering``, ``export``, ``depth_maps``, ``store`` (reconstructions under share ids); ``scale``,
+``filtering``, ``export``, ``depth_maps``; ``scale``,
 ``exif``, ``intrinsics`` and ``sky`` (real-world scale, known focal lengths, sky masks);
-``tracks`` and ``bundle_adjustment`` (point tracks from several frames, refined cameras).
+``tracks`` and ``bundle_adjustment`` (point tracks from several frames, refined cameras);
+``chunks`` (long videos in aligned chunks), ``distributed`` and ``device_group`` (one forward
+sharded over processes or devices).
 """
 
 from . import geometry, synthetic
 from .bundle_adjustment import BundleAdjustmentReport, BundleAdjustmentResult, bundle_adjust
+from .chunks import align_chunks, reconstruct_in_chunks
 from .config import VGGTConfig
 from .errors import FrameLimitError, InputError, WeightsUnavailableError
 from .exif import exif_focal_length_px
@@ -33,6 +36,6 @@ __all__ = [
     "load_images", "load_model", "reconstruct", "reconstruct_frames", "resolve_device", "select_points",
     "synthetic", "exif_focal_length_px", "scale_from_known_distance",
     "BundleAdjustmentReport", "BundleAdjustmentResult", "TrackQueries", "bundle_adjust", "choose_query_points",
-    "track_reconstruction",
+    "track_reconstruction", "align_chunks", "reconstruct_in_chunks",
     "ProgressCallback", "ProgressRange", "RANDOM_TINY_CHECKPOINT", "export_frame_file_name", "resolve_model_config",
 ]

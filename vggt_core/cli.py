@@ -88,6 +88,20 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--frames-chunk-size", type=int, default=DEFAULT_FRAMES_CHUNK_SIZE,
                      help=f"frames decoded at once by the dense heads (memory vs speed; default "
                           f"{DEFAULT_FRAMES_CHUNK_SIZE})")
+    run.add_argument("--chunk-size", type=_positive_int, default=None, metavar="N",
+                     help="run the model on overlapping chunks of at most N frames and align them (bounded "
+                          "memory for long videos; see docs/chunks.md)")
+    run.add_argument("--overlap", type=_positive_int, default=None, metavar="M",
+                     help="frames shared by consecutive chunks (default: a quarter of --chunk-size, at least 1)")
+    run.add_argument("--loop-closure", action="store_true",
+                     help="with --chunk-size: look for revisited places with the model's image features and "
+                          "solve the chunk poses as a pose graph (GTSAM); meaningful with trained weights only")
+    run.add_argument("--loop-pairs", type=_frame_pairs, default=None, metavar="I:J,...",
+                     help="with --chunk-size: frame pairs (0-based) known to see the same place, for loop closure")
+    run.add_argument("--distributed", action="store_true",
+                     help="shard the frames over the processes of torchrun (python -m torch.distributed.run "
+                          "--nproc-per-node N -m vggt_core reconstruct ... --distributed); NCCL on CUDA, gloo "
+                          "on CPU; rank 0 writes the result")
     from .training.command import add_finetune_command
 
     add_finetune_command(commands)
@@ -102,6 +116,20 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a number of at least 1, got {text!r}")
     return value
+
+
+def _frame_pairs(text: str) -> list[tuple[int, int]]:
+    """``3:40,5:61`` → [(3, 40), (5, 61)]."""
+    pairs = []
+    for item in text.split(","):
+        try:
+            first, second = (int(part) for part in item.split(":"))
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(f"expected frame pairs like 3:40,5:61, got {text!r}") from error
+        if first < 0 or second < 0:
+            raise argparse.ArgumentTypeError(f"frame indices start at 0, got {item!r}")
+        pairs.append((first, second))
+    return pairs
 
 
 def _focal(text: str) -> tuple[float, str]:
@@ -176,12 +204,42 @@ def parse_formats(text: str) -> list[str]:
     return parse_export_formats(text)
 
 
+def _run_model(model, frames, args: argparse.Namespace, progress):
+    """One model run, in chunks (``--chunk-size``) or sharded over torchrun's ranks
+    (``--distributed``); None on distributed ranks other than 0."""
+    from .pipeline import decode_frames, reconstruct_frames
+
+    chunked = args.chunk_size is not None
+    if not chunked and (args.loop_closure or args.loop_pairs or args.overlap is not None):
+        raise InputError("--overlap, --loop-closure and --loop-pairs need --chunk-size")
+    if args.distributed:
+        if chunked:
+            raise InputError("--distributed and --chunk-size cannot be combined yet")
+        from .distributed import reconstruct_decoded_distributed
+
+        return reconstruct_decoded_distributed(model, decode_frames(frames, mode=args.mode),
+                                               frames_chunk_size=args.frames_chunk_size, progress=progress)
+    if not chunked:
+        return reconstruct_frames(model, frames, mode=args.mode, frames_chunk_size=args.frames_chunk_size,
+                                  progress=progress)
+    from .chunks import reconstruct_decoded_in_chunks
+
+    overlap = args.overlap if args.overlap is not None else max(1, args.chunk_size // 4)
+    if args.chunk_size < 2 or overlap >= args.chunk_size:
+        raise InputError(f"--chunk-size must be at least 2 and above --overlap, got {args.chunk_size} and {overlap}")
+    progress(0.0, f"Preprocessing {len(frames)} frames")
+    decoded = decode_frames(frames, mode=args.mode)
+    return reconstruct_decoded_in_chunks(model, decoded, args.chunk_size, overlap,
+                                         frames_chunk_size=args.frames_chunk_size, progress=progress,
+                                         loop_closure=args.loop_closure, loop_closure_pairs=args.loop_pairs)
+
+
 def run_reconstruct(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .export import export_all
     from .filtering import ViewSettings
-    from .pipeline import gather_input_frames, reconstruct_frames
+    from .pipeline import gather_input_frames
     from .weights import load_model
 
     formats = parse_formats(args.export)
@@ -196,10 +254,16 @@ def run_reconstruct(args: argparse.Namespace) -> int:
         frames = gather_input_frames(args.inputs, fps=args.fps, max_frames=args.max_frames)
         progress(0.05, f"loading weights ({args.checkpoint})")
         config = VGGTConfig.from_json(args.config) if args.config else None
-        model = load_model(args.checkpoint, config=config, device=args.device)
+        device = args.device
+        if args.distributed:
+            from .distributed import init_from_environment
 
-        recon = reconstruct_frames(model, frames, mode=args.mode, frames_chunk_size=args.frames_chunk_size,
-                                   progress=ProgressRange(progress, 0.1, 0.9))
+            device = init_from_environment(args.device)
+        model = load_model(args.checkpoint, config=config, device=device)
+
+        recon = _run_model(model, frames, args, ProgressRange(progress, 0.1, 0.9))
+        if recon is None:  # a distributed rank other than 0: rank 0 writes the result
+            return 0
         recon = adjust_scene(recon, args)
         refinement = None
         if args.tracks or args.bundle_adjust:
