@@ -70,7 +70,9 @@ def test_export_all_writes_and_zips_the_depth_maps(tmp_path):
     written = export_all(recon, tmp_path / "all", formats=("depth",))
     names = sorted(p.name for p in written["depth"].iterdir())
     assert names == ["depth_scale.json", "photo_0_confidence.npy", "photo_0_depth.npy", "photo_0_depth.png",
-                     "photo_1_confidence.npy", "photo_1_depth.npy", "photo_1_depth.png"]
+                     "photo_0_normal.npy", "photo_0_normal.png",
+                     "photo_1_confidence.npy", "photo_1_depth.npy", "photo_1_depth.png",
+                     "photo_1_normal.npy", "photo_1_normal.png"]
     assert written["depth_zip"].is_file()
     assert json.loads((written["depth"] / "depth_scale.json").read_text())["units"] == "m"
 

@@ -8,7 +8,10 @@ be a surface that does not exist). Photo pixels that were cropped away get NaN.
 Per frame ``<name>_depth.npy`` (float32 ``[H, W]``), ``<name>_confidence.npy`` (float32) and
 ``<name>_depth.png`` (16-bit, ``depth · depth_scale`` rounded, 0 = no depth), plus one
 ``depth_scale.json`` with the scale and the scene's units. See docs/scene.md, "Depth at full
-resolution".
+resolution". Normal maps (:mod:`vggt_core.normals`) go beside them, mapped the same way:
+``<name>_normal.npy`` (float32 ``[H, W, 3]``, unit normals in OpenCV camera axes, NaN where
+undefined) and ``<name>_normal.png`` (the usual RGB encoding in OpenGL camera axes, black where
+undefined); see docs/surfaces.md.
 """
 
 from __future__ import annotations
@@ -22,10 +25,11 @@ import numpy as np
 from PIL import Image
 
 from ..atomic_files import atomic_write_bytes, atomic_writer
+from ..normals import colorize_normal_maps, normal_maps_from_depth
 from ..reconstruction import Reconstruction
 
 __all__ = ["DEPTH_SCALE_FILE", "PNG_MAX", "depth_maps_at_original_resolution", "export_depth_maps",
-           "frame_file_stems"]
+           "frame_file_stems", "normal_map_at_original_resolution"]
 
 DEPTH_SCALE_FILE = "depth_scale.json"
 PNG_MAX = 65535
@@ -71,6 +75,19 @@ def depth_maps_at_original_resolution(recon: Reconstruction, index: int) -> tupl
     return depth, confidence
 
 
+def normal_map_at_original_resolution(recon: Reconstruction, index: int, normals: np.ndarray) -> np.ndarray:
+    """Frame ``index``'s normals ``normals [H, W, 3]`` (model-input pixels) at the photo's size,
+    float32 ``[h, w, 3]``, NaN where the model saw no pixel (the same mapping as the depth)."""
+    transform = recon.frame_transform(index)
+    width, height = transform.original_size
+    model_height, model_width = recon.image_size_hw
+    columns, columns_inside = _source_indices(width, transform.scale[0], transform.offset[0], model_width)
+    rows, rows_inside = _source_indices(height, transform.scale[1], transform.offset[1], model_height)
+    mapped = normals[np.ix_(rows, columns)].astype(np.float32)
+    mapped[~(rows_inside[:, None] & columns_inside[None, :])] = np.nan
+    return mapped
+
+
 def _png_depth_scale(recon: Reconstruction) -> float:
     """One scale for every frame, so that the deepest valid depth fills the 16-bit range."""
     depth = recon.depth
@@ -85,15 +102,24 @@ def export_depth_maps(recon: Reconstruction, directory: str | os.PathLike, *,
     (each file atomically; ``durable=False`` skips the fsync).
 
     Returns:
-        ``{"depth_npy": [...], "depth_png": [...], "confidence_npy": [...], "scale": [json]}``,
-        paths in frame order.
+        ``{"depth_npy": [...], "depth_png": [...], "confidence_npy": [...], "scale": [json],
+        "normal_npy": [...], "normal_png": [...]}``, paths in frame order.
     """
     target = Path(directory)
     target.mkdir(parents=True, exist_ok=True)
     depth_scale = _png_depth_scale(recon)
-    written: dict[str, list[Path]] = {"depth_npy": [], "depth_png": [], "confidence_npy": [], "scale": []}
+    written: dict[str, list[Path]] = {"depth_npy": [], "depth_png": [], "confidence_npy": [], "scale": [],
+                                      "normal_npy": [], "normal_png": []}
     stems = frame_file_stems(recon.frame_names)
+    normal_maps = normal_maps_from_depth(recon.depth, recon.intrinsics)
     for index, stem in enumerate(stems):
+        normals = normal_map_at_original_resolution(recon, index, normal_maps[index])
+        with atomic_writer(target / f"{stem}_normal.npy", durable=durable) as handle:
+            np.save(handle, normals)
+        with atomic_writer(target / f"{stem}_normal.png", durable=durable) as handle:
+            Image.fromarray(colorize_normal_maps(normals)[0]).save(handle, format="PNG")
+        written["normal_npy"].append(target / f"{stem}_normal.npy")
+        written["normal_png"].append(target / f"{stem}_normal.png")
         depth, confidence = depth_maps_at_original_resolution(recon, index)
         with atomic_writer(target / f"{stem}_depth.npy", durable=durable) as handle:
             np.save(handle, depth)
