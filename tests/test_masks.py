@@ -76,7 +76,7 @@ def test_no_exported_point_lies_on_a_masked_object(tmp_path, masked):
     glb = export_glb(masked, tmp_path / "scene.glb", ALL_PIXELS).path
     scene = trimesh.load(glb, file_type="glb", process=False)
     transform, name = scene.graph["points"]
-    alignment = np.asarray(scene.metadata["alignment"]) if "alignment" in scene.metadata else transform
+    alignment = np.asarray(scene.metadata["alignment"])  # the scene's root: undo it for world points
     world = trimesh.transform_points(trimesh.transform_points(scene.geometry[name].vertices, transform),
                                      np.linalg.inv(alignment))
     assert len(world) > 10_000 and not on_box(world, 2e-3).any()
