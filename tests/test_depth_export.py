@@ -70,7 +70,9 @@ def test_export_all_writes_and_zips_the_depth_maps(tmp_path):
     written = export_all(recon, tmp_path / "all", formats=("depth",))
     names = sorted(p.name for p in written["depth"].iterdir())
     assert names == ["000_photo_0_confidence.npy", "000_photo_0_depth.npy", "000_photo_0_depth.png",
+                     "000_photo_0_normal.npy", "000_photo_0_normal.png",
                      "001_photo_1_confidence.npy", "001_photo_1_depth.npy", "001_photo_1_depth.png",
+                     "001_photo_1_normal.npy", "001_photo_1_normal.png",
                      "depth_scale.json"]
     assert written["depth_zip"].is_file()
     assert json.loads((written["depth"] / "depth_scale.json").read_text())["units"] == "m"

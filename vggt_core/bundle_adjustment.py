@@ -150,13 +150,18 @@ def _reprojection_errors(points: np.ndarray, tracks: np.ndarray, extrinsics: np.
 
 
 def _select_observations(recon: Reconstruction, min_visibility: float) -> np.ndarray:
-    """``[S, N]`` bool: visible enough, finite and inside the frame."""
+    """``[S, N]`` bool: visible enough, finite, inside the frame and not in a user mask."""
     height, width = recon.image_size_hw
     tracks = recon.tracks
     observed = np.isfinite(tracks).all(axis=-1)
     observed &= (tracks[..., 0] >= 0) & (tracks[..., 0] <= width) & (tracks[..., 1] >= 0) & (tracks[..., 1] <= height)
     if recon.track_visibility is not None:
         observed &= recon.track_visibility >= min_visibility
+    if recon.exclusion_masks is not None:  # the user's masks: a passer-by is no observation
+        # Track pixels have their centres at integers (docs/tracks.md), hence rint.
+        rows = np.clip(np.rint(np.nan_to_num(tracks[..., 1])).astype(np.int64), 0, height - 1)
+        columns = np.clip(np.rint(np.nan_to_num(tracks[..., 0])).astype(np.int64), 0, width - 1)
+        observed &= ~recon.exclusion_masks[np.arange(recon.num_frames)[:, None], rows, columns]
     return observed
 
 

@@ -14,6 +14,7 @@ from .config import (DEFAULT_FRAMES_CHUNK_SIZE, DEFAULT_MAX_QUERY_POINTS, DEFAUL
 from .errors import InputError, WeightsUnavailableError
 from .export.registry import EXPORTERS, default_export_formats, export_formats, parse_export_formats
 from .progress import ProgressRange
+from .mesh import DEFAULT_MAX_FACES, MESH_QUALITIES
 from .scale import LENGTH_UNITS
 from .sky import DEFAULT_SKY_MODEL
 from .weights import DEFAULT_CHECKPOINT, RANDOM_TINY_CHECKPOINT
@@ -85,6 +86,15 @@ def build_parser() -> argparse.ArgumentParser:
                      help="grid: the most confident pixels of an even grid; sift: SIFT keypoints (default: grid)")
     run.add_argument("--shared-camera", action="store_true",
                      help="bundle adjustment with one camera (focal length) for all frames, e.g. one video")
+    run.add_argument("--masks", type=Path, default=None, metavar="DIR",
+                     help="folder of masks of things to leave out (white = leave out), one per photo with the "
+                          "photo's file name stem; masked pixels give no point, mesh or track")
+    run.add_argument("--mesh", action="store_true",
+                     help="also fuse the depth maps into a coloured mesh: mesh.glb and mesh.ply")
+    run.add_argument("--mesh-quality", choices=MESH_QUALITIES, default="standard",
+                     help="mesh voxel size relative to the scene's extent (default: standard)")
+    run.add_argument("--mesh-max-faces", type=_positive_int, default=DEFAULT_MAX_FACES, metavar="N",
+                     help=f"simplify the mesh to at most N faces (default: {DEFAULT_MAX_FACES})")
     run.add_argument("--frames-chunk-size", type=int, default=DEFAULT_FRAMES_CHUNK_SIZE,
                      help=f"frames decoded at once by the dense heads (memory vs speed; default "
                           f"{DEFAULT_FRAMES_CHUNK_SIZE})")
@@ -199,6 +209,23 @@ def track_and_refine(model, recon, args: argparse.Namespace, progress):
     return result.reconstruction, result.report
 
 
+def write_mesh(recon, args: argparse.Namespace, settings) -> dict:
+    """``--mesh``: the fused mesh as ``mesh.glb`` and ``mesh.ply`` in ``--out``.
+
+    Called directly until the exporter registry lists the mesh (docs/surfaces.md)."""
+    from .export.mesh import MESH_GLB_NAME, MESH_PLY_NAME, export_mesh_glb, export_mesh_ply
+    from .mesh import fuse_depth_to_mesh
+
+    out = Path(args.out)
+    try:
+        mesh = fuse_depth_to_mesh(recon, settings, quality=args.mesh_quality, max_faces=args.mesh_max_faces)
+    except InputError as error:
+        raise InputError(f"no mesh was written: {error} (the other exports are in {out})") from error
+    out.mkdir(parents=True, exist_ok=True)
+    return {"mesh_glb": export_mesh_glb(mesh, recon, out / MESH_GLB_NAME),
+            "mesh_ply": export_mesh_ply(mesh, out / MESH_PLY_NAME)}
+
+
 def parse_formats(text: str) -> list[str]:
     """``--export``'s value as format names of the registry (``InputError`` for unknown ones)."""
     return parse_export_formats(text)
@@ -264,6 +291,12 @@ def run_reconstruct(args: argparse.Namespace) -> int:
         recon = _run_model(model, frames, args, ProgressRange(progress, 0.1, 0.9))
         if recon is None:  # a distributed rank other than 0: rank 0 writes the result
             return 0
+        if args.masks is not None:
+            from .masks import load_masks_for_reconstruction
+
+            recon, mask_notes = load_masks_for_reconstruction(recon, args.masks)
+            for note in mask_notes:
+                print(f"note: {note}", file=sys.stderr)
         recon = adjust_scene(recon, args)
         refinement = None
         if args.tracks or args.bundle_adjust:
@@ -273,6 +306,8 @@ def run_reconstruct(args: argparse.Namespace) -> int:
                              colmap_binary=args.colmap_format == "bin",
                              originals=[frame.source for frame in frames] if len(frames) == recon.num_frames
                              else None)
+        if args.mesh:
+            written.update(write_mesh(recon, args, settings))
         progress(1.0, "done")
 
     height, width = recon.image_size_hw

@@ -11,6 +11,8 @@ from __future__ import annotations
 import matplotlib
 import numpy as np
 
+from .normals import colorize_normal_maps, normal_maps_from_depth  # the gallery's third view
+
 __all__ = [
     "DEPTH_COLORMAP",
     "CONFIDENCE_COLORMAP",
@@ -18,6 +20,8 @@ __all__ = [
     "robust_value_range",
     "colorize_depth_maps",
     "colorize_confidence_maps",
+    "colorize_normal_maps",
+    "normal_maps_from_depth",
 ]
 
 DEPTH_COLORMAP = "turbo"

@@ -143,7 +143,8 @@ def select_points(recon: Reconstruction, settings: ViewSettings = ViewSettings()
     Same semantics as the reference ``predictions_to_glb`` (docs/architecture.md, *Display filters and the GLB*): the threshold
     is ``np.percentile(conf, q)`` over the selected frames (0 when ``q == 0``), points need
     ``conf ≥ threshold`` and ``conf > 1e-5``; then the background filters. Beyond the
-    reference, non-finite points are dropped and ``max_points`` thins the result.
+    reference, non-finite points are dropped, pixels of ``recon.exclusion_masks`` are always
+    left out, and ``max_points`` thins the result.
 
     Raises:
         InputError: the frame index is out of range.
@@ -182,6 +183,9 @@ def select_points(recon: Reconstruction, settings: ViewSettings = ViewSettings()
             raise InputError("hiding the sky needs the reconstruction's sky masks: compute them first "
                              "(vggt_core.sky.with_sky_mask)")
         keep &= ~recon.sky_mask[frame_slice].reshape(-1)
+    if recon.exclusion_masks is not None:
+        # The user's masks (vggt_core.masks) always apply: they are input, not a display choice.
+        keep &= ~recon.exclusion_masks[frame_slice].reshape(-1)
     kept = np.flatnonzero(keep)
 
     num_before_cap = int(len(kept))

@@ -84,6 +84,8 @@ _ARRAY_FIELDS: tuple[tuple[str, type, bool], ...] = (
     ("sparse_point_colors", np.uint8, True),
     ("sparse_point_tracks", np.int64, True),
     ("sparse_observations", np.bool_, True),
+    # Version 3.
+    ("exclusion_masks", np.bool_, True),
 )
 
 def _default_frame_names(num_frames: int) -> list[str]:
@@ -131,6 +133,9 @@ class Reconstruction:
         sparse_point_tracks: ``[P]`` int64, the column of ``tracks`` each sparse point comes from.
         sparse_observations: ``[S, P]`` bool, True where frame ``s`` observes point ``p`` (at
             ``tracks[s, sparse_point_tracks[p]]``) and bundle adjustment used that observation.
+        exclusion_masks: ``[S, H, W]`` bool, True for pixels the user masked out (people, cars):
+            no point, mesh, track query or bundle-adjustment observation comes from them
+            (:mod:`vggt_core.masks`), or None (no masks).
         info: JSON-serialisable facts about the scene that are not arrays (units, how the
             cameras were obtained, a refinement report ...); stored as JSON in the file.
     """
@@ -158,6 +163,7 @@ class Reconstruction:
     sparse_point_colors: np.ndarray | None = None
     sparse_point_tracks: np.ndarray | None = None
     sparse_observations: np.ndarray | None = None
+    exclusion_masks: np.ndarray | None = None
     info: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -193,6 +199,7 @@ class Reconstruction:
             "original_sizes": (num_frames, 2),
             "image_transforms": (num_frames, 4),
             "sky_mask": (num_frames, height, width),
+            "exclusion_masks": (num_frames, height, width),
             "predicted_intrinsics": (num_frames, 3, 3),
         }
         for name, shape in expected.items():

@@ -1,8 +1,8 @@
 """The reconstruction file: one ``.npz`` holding a :class:`~vggt_core.reconstruction.Reconstruction`,
 read back without pickle, so an uploaded or stale file can never execute code.
 
-Format 1 held the model's arrays; format 2 (current) adds optional arrays and an ``info`` JSON
-(docs/architecture.md, *The reconstruction file*). Fields that are None are absent; frame names
+Format 1 held the model's arrays; format 2 adds optional arrays and an ``info`` JSON; format 3
+(current) adds the user's ``exclusion_masks`` (docs/architecture.md, *The reconstruction file*). Fields that are None are absent; frame names
 are a unicode array; the depth branch's points are not stored (they follow from depth and
 cameras and are recomputed on load) and confidences are stored in float16.
 """
@@ -29,7 +29,8 @@ __all__ = ["FILE_FORMAT_VERSION", "STORED_DTYPES", "at_stored_precision", "load_
 
 # Version 1: the arrays of Reconstruction up to track_confidence. Version 2 adds the optional
 # fields after it and the ``info`` JSON; version-1 files still load (the new fields are then absent).
-FILE_FORMAT_VERSION = 2
+# Version 3 adds the optional ``exclusion_masks`` (docs/surfaces.md); older files load without them.
+FILE_FORMAT_VERSION = 3
 _FORMAT_KEY = "__format_version__"
 _INFO_KEY = "__info_json__"
 

@@ -76,10 +76,12 @@ def query_frame_indices(num_frames: int, num_query_frames: int = DEFAULT_NUM_QUE
 
 
 def _confidence_maps(recon: Reconstruction) -> np.ndarray:
-    """``[S, H, W]`` float32: depth confidence, 0 where the sky mask says sky."""
+    """``[S, H, W]`` float32: depth confidence, 0 where the sky mask says sky or the user masked."""
     confidence = recon.depth_conf.astype(np.float32, copy=True)
     if recon.sky_mask is not None:
         confidence[recon.sky_mask] = 0.0
+    if recon.exclusion_masks is not None:  # the user's masks: no query on a passer-by
+        confidence[recon.exclusion_masks] = 0.0
     return confidence
 
 

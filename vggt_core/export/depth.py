@@ -12,6 +12,10 @@ intrinsics at its photo's size (pixel centres at +0.5). The file stem
 of frame ``i`` is the one every export uses, ``{i:03d}_<name>``
 (:func:`vggt_core.frame_names.export_frame_file_name`). See docs/scene.md, "Depth at full
 resolution".
+Normal maps (:mod:`vggt_core.normals`) go beside them, mapped the same way:
+``<file stem>_normal.npy`` (float32 ``[H, W, 3]``, unit normals in OpenCV camera axes, NaN where
+undefined) and ``<file stem>_normal.png`` (the usual RGB encoding in OpenGL camera axes, black
+where undefined); see docs/surfaces.md.
 """
 
 from __future__ import annotations
@@ -25,10 +29,11 @@ from PIL import Image
 
 from ..atomic_files import atomic_write_bytes, atomic_writer
 from ..frame_names import export_frame_file_names
+from ..normals import colorize_normal_maps, normal_maps_from_depth
 from ..reconstruction import Reconstruction
 
 __all__ = ["DEPTH_SCALE_FILE", "PNG_MAX", "depth_maps_at_original_resolution", "export_depth_maps",
-           "frame_file_stems"]
+           "frame_file_stems", "normal_map_at_original_resolution"]
 
 DEPTH_SCALE_FILE = "depth_scale.json"
 # The intrinsics' pixel convention, spelled out in the scale file (docs/architecture.md, "Pixel centres").
@@ -52,15 +57,21 @@ def _source_indices(size: int, scale: float, offset: float, model_size: int) -> 
     return np.clip(indices, 0, model_size - 1), inside
 
 
-def depth_maps_at_original_resolution(recon: Reconstruction, index: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(depth, confidence)`` of frame ``index``, each float32 ``[H, W]`` at the photo's size,
-    NaN where the model saw no pixel (cropped away) or predicted no finite depth."""
+def _photo_pixel_sources(recon: Reconstruction, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For frame ``index``'s photo pixels: the model-input row ``[h]`` and column ``[w]`` each
+    photo pixel centre falls in, and ``[h, w]`` whether it falls inside the model input."""
     transform = recon.frame_transform(index)
     width, height = transform.original_size
     model_height, model_width = recon.image_size_hw
     columns, columns_inside = _source_indices(width, transform.scale[0], transform.offset[0], model_width)
     rows, rows_inside = _source_indices(height, transform.scale[1], transform.offset[1], model_height)
-    seen = rows_inside[:, None] & columns_inside[None, :]
+    return rows, columns, rows_inside[:, None] & columns_inside[None, :]
+
+
+def depth_maps_at_original_resolution(recon: Reconstruction, index: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(depth, confidence)`` of frame ``index``, each float32 ``[H, W]`` at the photo's size,
+    NaN where the model saw no pixel (cropped away) or predicted no finite depth."""
+    rows, columns, seen = _photo_pixel_sources(recon, index)
     depth = recon.depth[index][np.ix_(rows, columns)].astype(np.float32)
     confidence = recon.depth_conf[index][np.ix_(rows, columns)].astype(np.float32)
     seen &= np.isfinite(depth)
@@ -80,6 +91,15 @@ def _photo_intrinsics(recon: Reconstruction) -> dict[str, dict[str, float | int]
     return cameras
 
 
+def normal_map_at_original_resolution(recon: Reconstruction, index: int, normals: np.ndarray) -> np.ndarray:
+    """Frame ``index``'s normals ``normals [H, W, 3]`` (model-input pixels) at the photo's size,
+    float32 ``[h, w, 3]``, NaN where the model saw no pixel (the same mapping as the depth)."""
+    rows, columns, seen = _photo_pixel_sources(recon, index)
+    mapped = normals[np.ix_(rows, columns)].astype(np.float32)
+    mapped[~seen] = np.nan
+    return mapped
+
+
 def _png_depth_scale(recon: Reconstruction) -> float:
     """One scale for every frame, so that the deepest valid depth fills the 16-bit range."""
     depth = recon.depth
@@ -94,15 +114,24 @@ def export_depth_maps(recon: Reconstruction, directory: str | os.PathLike, *,
     (each file atomically; ``durable=False`` skips the fsync).
 
     Returns:
-        ``{"depth_npy": [...], "depth_png": [...], "confidence_npy": [...], "scale": [json]}``,
-        paths in frame order.
+        ``{"depth_npy": [...], "depth_png": [...], "confidence_npy": [...], "scale": [json],
+        "normal_npy": [...], "normal_png": [...]}``, paths in frame order.
     """
     target = Path(directory)
     target.mkdir(parents=True, exist_ok=True)
     depth_scale = _png_depth_scale(recon)
-    written: dict[str, list[Path]] = {"depth_npy": [], "depth_png": [], "confidence_npy": [], "scale": []}
+    written: dict[str, list[Path]] = {"depth_npy": [], "depth_png": [], "confidence_npy": [], "scale": [],
+                                      "normal_npy": [], "normal_png": []}
     stems = frame_file_stems(recon.frame_names)
+    normal_maps = normal_maps_from_depth(recon.depth, recon.intrinsics)
     for index, stem in enumerate(stems):
+        normals = normal_map_at_original_resolution(recon, index, normal_maps[index])
+        with atomic_writer(target / f"{stem}_normal.npy", durable=durable) as handle:
+            np.save(handle, normals)
+        with atomic_writer(target / f"{stem}_normal.png", durable=durable) as handle:
+            Image.fromarray(colorize_normal_maps(normals)[0]).save(handle, format="PNG")
+        written["normal_npy"].append(target / f"{stem}_normal.npy")
+        written["normal_png"].append(target / f"{stem}_normal.png")
         depth, confidence = depth_maps_at_original_resolution(recon, index)
         with atomic_writer(target / f"{stem}_depth.npy", durable=durable) as handle:
             np.save(handle, depth)
