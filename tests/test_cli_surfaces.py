@@ -43,7 +43,7 @@ def test_masks_and_mesh(tmp_path, checkpoint, monkeypatch, capsys):  # noqa: F81
     assert 100 < len(mesh.faces) <= 2000
     scene = trimesh.load(out / "mesh.glb", file_type="glb", process=False)
     assert "mesh" in scene.graph.nodes_geometry
-    assert "mesh_glb" in captured.out and "mesh_ply" in captured.out
+    assert str(out / "mesh.glb") in captured.out and str(out / "mesh.ply") in captured.out
 
 
 def test_mesh_of_too_few_frames_is_a_message(tmp_path, checkpoint):  # noqa: F811

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .config import (DEFAULT_FRAMES_CHUNK_SIZE, DEFAULT_MAX_QUERY_POINTS, DEFAULT_NUM_QUERY_FRAMES,
                      QUERY_POINT_METHODS, VGGTConfig)
-from .errors import InputError, WeightsUnavailableError
+from .errors import InputError, MeshError, WeightsUnavailableError
 from .export.registry import EXPORTERS, default_export_formats, export_formats, parse_export_formats
 from .progress import ProgressRange
 from .mesh import DEFAULT_MAX_FACES, MESH_QUALITIES
@@ -90,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="folder of masks of things to leave out (white = leave out), one per photo with the "
                           "photo's file name stem; masked pixels give no point, mesh or track")
     run.add_argument("--mesh", action="store_true",
-                     help="also fuse the depth maps into a coloured mesh: mesh.glb and mesh.ply")
+                     help="also fuse the depth maps into a coloured mesh: mesh.glb and mesh.ply (the same as "
+                          "adding mesh,mesh-ply to --export)")
     run.add_argument("--mesh-quality", choices=MESH_QUALITIES, default="standard",
                      help="mesh voxel size relative to the scene's extent (default: standard)")
     run.add_argument("--mesh-max-faces", type=_positive_int, default=DEFAULT_MAX_FACES, metavar="N",
@@ -209,23 +210,6 @@ def track_and_refine(model, recon, args: argparse.Namespace, progress):
     return result.reconstruction, result.report
 
 
-def write_mesh(recon, args: argparse.Namespace, settings) -> dict:
-    """``--mesh``: the fused mesh as ``mesh.glb`` and ``mesh.ply`` in ``--out``.
-
-    Called directly until the exporter registry lists the mesh (docs/surfaces.md)."""
-    from .export.mesh import MESH_GLB_NAME, MESH_PLY_NAME, export_mesh_glb, export_mesh_ply
-    from .mesh import fuse_depth_to_mesh
-
-    out = Path(args.out)
-    try:
-        mesh = fuse_depth_to_mesh(recon, settings, quality=args.mesh_quality, max_faces=args.mesh_max_faces)
-    except InputError as error:
-        raise InputError(f"no mesh was written: {error} (the other exports are in {out})") from error
-    out.mkdir(parents=True, exist_ok=True)
-    return {"mesh_glb": export_mesh_glb(mesh, recon, out / MESH_GLB_NAME),
-            "mesh_ply": export_mesh_ply(mesh, out / MESH_PLY_NAME)}
-
-
 def parse_formats(text: str) -> list[str]:
     """``--export``'s value as format names of the registry (``InputError`` for unknown ones)."""
     return parse_export_formats(text)
@@ -270,6 +254,8 @@ def run_reconstruct(args: argparse.Namespace) -> int:
     from .weights import load_model
 
     formats = parse_formats(args.export)
+    if args.mesh:  # shorthand for both mesh formats
+        formats += [name for name in ("mesh", "mesh-ply") if name not in formats]
     settings = ViewSettings(confidence_threshold=args.conf, branch=args.branch, hide_sky=args.hide_sky)
     started = time.perf_counter()
     with tqdm(total=100, unit="%", bar_format="{l_bar}{bar}| {elapsed} {postfix}", file=sys.stderr) as bar:
@@ -302,12 +288,14 @@ def run_reconstruct(args: argparse.Namespace) -> int:
         if args.tracks or args.bundle_adjust:
             recon, refinement = track_and_refine(model, recon, args, progress)
         progress(0.95, "writing exports")
-        written = export_all(recon, args.out, formats=formats, settings=settings,
-                             colmap_binary=args.colmap_format == "bin",
-                             originals=[frame.source for frame in frames] if len(frames) == recon.num_frames
-                             else None)
-        if args.mesh:
-            written.update(write_mesh(recon, args, settings))
+        try:
+            written = export_all(recon, args.out, formats=formats, settings=settings,
+                                 colmap_binary=args.colmap_format == "bin",
+                                 originals=[frame.source for frame in frames] if len(frames) == recon.num_frames
+                                 else None, mesh_quality=args.mesh_quality, mesh_max_faces=args.mesh_max_faces)
+        except MeshError as error:
+            # The mesh formats come last in the registry: everything else is already written.
+            raise InputError(f"no mesh was written: {error} (the other exports are in {args.out})") from error
         progress(1.0, "done")
 
     height, width = recon.image_size_hw

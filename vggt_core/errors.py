@@ -15,3 +15,7 @@ class WeightsUnavailableError(RuntimeError):
 
 class FrameLimitError(InputError):
     """More frames than the configured limit or than the device memory can hold."""
+
+
+class MeshError(InputError):
+    """No mesh can be fused from this scene with these settings; the message says what to change."""

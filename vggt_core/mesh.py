@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import InputError
+from .errors import MeshError
 from .filtering import ViewSettings, select_points
 from .reconstruction import Reconstruction
 
@@ -286,7 +286,7 @@ def fuse_depth_to_mesh(recon: Reconstruction, settings: ViewSettings = ViewSetti
         The :class:`Mesh`, in world coordinates.
 
     Raises:
-        InputError: a single frame, no pixel passes the filters, or the fused volume holds no
+        MeshError: a single frame, no pixel passes the filters, or the fused volume holds no
             surface; the message says what to change.
     """
     from skimage.measure import marching_cubes
@@ -294,15 +294,15 @@ def fuse_depth_to_mesh(recon: Reconstruction, settings: ViewSettings = ViewSetti
     try:
         quality = MeshQuality(quality)
     except ValueError as error:
-        raise InputError(f"unknown mesh quality {quality!r}; choose one of {MESH_QUALITIES}") from error
+        raise MeshError(f"unknown mesh quality {quality!r}; choose one of {MESH_QUALITIES}") from error
     if max_faces is not None and int(max_faces) < 4:
-        raise InputError(f"the face budget must be at least 4, got {max_faces}")
+        raise MeshError(f"the face budget must be at least 4, got {max_faces}")
     if recon.num_frames < 2:
-        raise InputError("a mesh needs at least two frames: one depth map cannot be fused into a surface "
+        raise MeshError("a mesh needs at least two frames: one depth map cannot be fused into a surface "
                          "(show the points instead)")
     usable = fusion_pixel_mask(recon, settings)
     if not usable.any():
-        raise InputError("no pixel passes the current filters, so there is nothing to build a mesh from: "
+        raise MeshError("no pixel passes the current filters, so there is nothing to build a mesh from: "
                          "lower the confidence threshold")
     # Every other row and column: the bounds and the voxels near the surface need far fewer
     # points than the fused pixels (a pixel covers a fraction of a voxel at any usual quality),
@@ -315,7 +315,7 @@ def fuse_depth_to_mesh(recon: Reconstruction, settings: ViewSettings = ViewSetti
     if voxel_size is None:
         voxel_size = float(np.linalg.norm(high - low)) / _VOXELS_PER_DIAGONAL[quality]
     if not np.isfinite(voxel_size) or voxel_size <= 0:
-        raise InputError("the confident points all lie at one place, so there is no surface to build")
+        raise MeshError("the confident points all lie at one place, so there is no surface to build")
     margin = _BOUNDS_MARGIN_VOXELS * voxel_size
     low, high = low - margin, high + margin
     shape = tuple(int(np.ceil(extent / voxel_size)) + 1 for extent in high - low)
@@ -343,7 +343,7 @@ def fuse_depth_to_mesh(recon: Reconstruction, settings: ViewSettings = ViewSetti
     tsdf_flat[active] = volume.tsdf
     observed, tsdf = observed_flat.reshape(shape), tsdf_flat.reshape(shape)
     if not observed.any() or tsdf[observed].min() > 0 or tsdf[observed].max() < 0:
-        raise InputError("the fused depth maps hold no surface: the frames do not overlap enough")
+        raise MeshError("the fused depth maps hold no surface: the frames do not overlap enough")
     # Marching cubes only in cubes whose eight corners were all observed: unobserved voxels
     # (behind surfaces, outside every view) would otherwise make a surface where a measured
     # value meets the unknown. scikit-image tests the mask at a cube's first corner.
@@ -360,7 +360,7 @@ def fuse_depth_to_mesh(recon: Reconstruction, settings: ViewSettings = ViewSetti
                                            allow_degenerate=False)
     faces = _faces_between_observed_voxels(vertices / voxel_size, faces, observed)
     if len(faces) == 0:
-        raise InputError("the fused depth maps hold no surface: the frames do not overlap enough")
+        raise MeshError("the fused depth maps hold no surface: the frames do not overlap enough")
     vertices, faces = _without_unused_vertices(vertices, faces)
     # scikit-image winds faces so that their normals point towards increasing values: here
     # the free space the cameras looked through.

@@ -90,23 +90,27 @@ def export_npz(recon: Reconstruction, path: str | os.PathLike) -> Path:
 def export_all(recon: Reconstruction, directory: str | os.PathLike,
                formats: Sequence[str] | None = None,
                settings: ViewSettings = ViewSettings(), colmap_binary: bool = True, *,
-               durable: bool = True, originals: Sequence[OriginalImage | None] | None = None) -> dict[str, Path]:
+               durable: bool = True, originals: Sequence[OriginalImage | None] | None = None,
+               mesh_quality: str = "standard", mesh_max_faces: int | None = None) -> dict[str, Path]:
     """Write the requested formats (default: the registry's default formats) into ``directory``
     (created if needed), in registry order; the points are selected once for all of them. The
     COLMAP model in COLMAP's binary format, or its text format with ``colmap_binary=False``.
     Every file is written atomically; ``durable=False`` skips the fsync calls. ``originals``
     (per frame a photo path or PIL image) go into the nerfstudio and splatting exports; without
     them the stored frames are warped back to the photos' size (:mod:`vggt_core.export.photos`).
+    ``mesh_quality`` and ``mesh_max_faces`` (None: the default budget) shape the fused mesh of
+    the ``mesh`` and ``mesh-ply`` formats, fused once for both.
 
     Returns:
         ``{"glb": scene.glb, "ply": points.ply, "colmap": colmap/sparse/0 (the model),
         "colmap_zip": colmap.zip (holding sparse/0/... and units.txt), "npz": reconstruction.npz,
         "depth"/"depth_zip", "nerfstudio": nerfstudio/transforms.json, "nerfstudio_zip",
-        "splatting": splatting.zip}`` for the formats asked for (a registered folder format
+        "splatting": splatting.zip, "mesh": mesh.glb, "mesh-ply": mesh.ply}`` for the formats asked for (a registered folder format
         ``name`` gives ``name`` and ``name_zip``).
 
     Raises:
         InputError: an unknown format name.
     """
-    request = ExportRequest(recon, settings, colmap_binary=colmap_binary, durable=durable, originals=originals)
+    request = ExportRequest(recon, settings, colmap_binary=colmap_binary, durable=durable, originals=originals,
+                            mesh_quality=mesh_quality, mesh_max_faces=mesh_max_faces)
     return write_export_files(request, directory, default_export_formats() if formats is None else formats)

@@ -41,17 +41,23 @@ class ExportRequest:
         durable: fsync what is written (False for files rebuilt after a crash anyway).
         originals: per frame the original photo (path or PIL image) or None, for the formats
             that ship photos (nerfstudio, splatting); None: the stored frames warped back.
+        mesh_quality, mesh_max_faces: the fused mesh's voxel size and face budget (the mesh
+            formats; see :func:`vggt_core.mesh.fuse_depth_to_mesh`).
     """
 
     def __init__(self, recon: Reconstruction, settings: ViewSettings = ViewSettings(), *,
                  selection: PointSelection | None = None, colmap_binary: bool = True, durable: bool = True,
-                 originals: Sequence | None = None):
+                 originals: Sequence | None = None, mesh_quality: str = "standard",
+                 mesh_max_faces: int | None = None, mesh=None):
         self.recon = recon
         self.settings = settings
         self.colmap_binary = colmap_binary
         self.durable = durable
         self.originals = originals
+        self.mesh_quality = mesh_quality
+        self.mesh_max_faces = mesh_max_faces
         self._selection = selection
+        self._mesh = mesh
 
     @property
     def selection(self) -> PointSelection:
@@ -60,11 +66,23 @@ class ExportRequest:
             self._selection = select_points(self.recon, self.settings)
         return self._selection
 
+    @property
+    def mesh(self):
+        """The fused :class:`vggt_core.mesh.Mesh` of the settings' pixels, computed once for the
+        run's mesh formats (or as given)."""
+        if self._mesh is None:
+            from ..mesh import DEFAULT_MAX_FACES, fuse_depth_to_mesh
+
+            max_faces = DEFAULT_MAX_FACES if self.mesh_max_faces is None else self.mesh_max_faces
+            self._mesh = fuse_depth_to_mesh(self.recon, self.settings, quality=self.mesh_quality, max_faces=max_faces)
+        return self._mesh
+
     def for_temporary_files(self) -> ExportRequest:
-        """This request (sharing the selection computed so far) for files that only live until
-        they are zipped, so not fsync-ed."""
+        """This request (sharing the selection and mesh computed so far) for files that only
+        live until they are zipped, so not fsync-ed."""
         return ExportRequest(self.recon, self.settings, selection=self._selection, colmap_binary=self.colmap_binary,
-                             durable=False, originals=self.originals)
+                             durable=False, originals=self.originals, mesh_quality=self.mesh_quality,
+                             mesh_max_faces=self.mesh_max_faces, mesh=self._mesh)
 
     @property
     def selection_unless_tracked(self) -> PointSelection | None:
@@ -168,7 +186,8 @@ def parse_export_formats(text: str) -> list[str]:
 
 def write_download(name: str, recon: Reconstruction, path: str | os.PathLike,
                    settings: ViewSettings = ViewSettings(), *, selection: PointSelection | None = None,
-                   durable: bool = False, originals: Sequence | None = None, colmap_binary: bool = True) -> Path:
+                   durable: bool = False, originals: Sequence | None = None, colmap_binary: bool = True,
+                   mesh=None) -> Path:
     """Write format ``name``'s one download file at ``path`` (a zip for folder formats; the COLMAP
     zip holds ``sparse/0/...`` and ``units.txt``), atomically.
 
@@ -176,9 +195,10 @@ def write_download(name: str, recon: Reconstruction, path: str | os.PathLike,
         selection: ``select_points(recon, settings)`` when the caller already has it.
         durable: fsync the file (off by default: downloads are rebuilt when lost).
         originals: per frame the original photo, for the formats that ship photos.
+        mesh: the fused mesh when the caller already has it (the mesh formats).
     """
     request = ExportRequest(recon, settings, selection=selection, colmap_binary=colmap_binary, durable=durable,
-                            originals=originals)
+                            originals=originals, mesh=mesh)
     return get_exporter(name).write(request, Path(path))
 
 
@@ -256,6 +276,18 @@ def _write_splatting(request: ExportRequest, path: Path) -> Path:
                                    durable=request.durable, selection=request.selection_unless_tracked)
 
 
+def _write_mesh_glb(request: ExportRequest, path: Path) -> Path:
+    from .mesh import export_mesh_glb
+
+    return export_mesh_glb(request.mesh, request.recon, path, durable=request.durable)
+
+
+def _write_mesh_ply(request: ExportRequest, path: Path) -> Path:
+    from .mesh import export_mesh_ply
+
+    return export_mesh_ply(request.mesh, path, durable=request.durable)
+
+
 for _exporter in (
     Exporter("glb", "scene.glb", "glTF scene of the points and cameras", _write_glb, default=True),
     Exporter("ply", "points.ply", "point cloud with colours and confidences", _write_ply, default=True),
@@ -269,6 +301,8 @@ for _exporter in (
                     _write_nerfstudio_folder),
     Exporter("splatting", "splatting.zip", "a zip of images/ + sparse/0/ for Gaussian-splatting trainers",
              _write_splatting),
+    Exporter("mesh", "mesh.glb", "the depth maps fused into a coloured triangle mesh (glTF)", _write_mesh_glb),
+    Exporter("mesh-ply", "mesh.ply", "the same mesh as a PLY with vertex colours", _write_mesh_ply),
 ):
     register_exporter(_exporter)
 del _exporter
