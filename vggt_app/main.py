@@ -22,6 +22,7 @@ from .store.backends import StorageConfigurationError, open_entry_storage
 from .store.client_quota import ClientQuota
 from .store.derived_cache import remove_stale_process_folders
 from .store.entries import ReconstructionStore
+from .upload_route import upload_cap_app_kwargs
 
 logger = logging.getLogger("vggt_app")
 
@@ -104,6 +105,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     exit_cleanly_on_sigterm()
     try:
         demo.launch(server_name=settings.host, server_port=settings.port, share=settings.share,
+                    app_kwargs=upload_cap_app_kwargs(settings.upload_limits, settings.max_upload_files),
                     **launch_options(settings))
     finally:
         demo.close()  # no new requests; then every save already handed to the writers completes

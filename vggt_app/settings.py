@@ -58,6 +58,8 @@ class AppSettings:
     # Start on a public Hub dataset (its photos and share ids are then world-readable).
     allow_public_store: bool = False
     prune_interval_s: float = 60.0
+    # Most files one upload request may carry (refused while streaming, see upload_route).
+    max_upload_files: int = 200
 
     @property
     def upload_limits(self) -> UploadLimits:
@@ -223,6 +225,11 @@ def build_arg_parser(environ: Mapping[str, str] | None = None) -> argparse.Argum
         help="start even if the hf:// dataset is public (everyone could then read the photos and list the "
              "share ids) [env VGGT_ALLOW_PUBLIC_STORE=1; default off: a public dataset is refused]")
     parser.add_argument(
+        "--max-upload-files", type=_positive_int,
+        default=env.get("VGGT_MAX_UPLOAD_FILES", str(defaults.max_upload_files)),
+        help="most files one upload may carry; a larger upload, or one over --max-total-upload-mb, is refused "
+             f"while it streams [env VGGT_MAX_UPLOAD_FILES; default {defaults.max_upload_files}]")
+    parser.add_argument(
         "--prune-interval-s", type=_positive_float,
         default=env.get("VGGT_PRUNE_INTERVAL_S", f"{defaults.prune_interval_s:g}"),
         help="how often expiry and the size bound run, in the background "
@@ -259,6 +266,7 @@ def parse_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str]
                        refine_tracks=args.refine_tracks, client_share_percent=args.client_share,
                        trust_forwarded_for=args.trust_forwarded_for, client_runs_per_hour=args.client_runs_per_hour,
                        client_derived_per_hour=args.client_derived_per_hour,
-                       allow_public_store=args.allow_public_store, prune_interval_s=args.prune_interval_s)
+                       allow_public_store=args.allow_public_store, prune_interval_s=args.prune_interval_s,
+                       max_upload_files=args.max_upload_files)
 
 
