@@ -274,3 +274,26 @@ def test_concurrent_opens_of_one_entry_share_one_read(tmp_path, small_reconstruc
     for thread in threads:
         thread.join()
     assert len(results) == 4 and storage.array_reads == 1
+
+
+# ---- derived files: a burst stays bounded
+
+
+def test_a_burst_of_views_in_their_grace_stays_under_twice_the_cap(tmp_path):
+    from vggt_app.store.derived_cache import DerivedFileCache
+
+    cache = DerivedFileCache(tmp_path, max_bytes=1000, serve_grace_s=10.0, clock=lambda: 0.0)
+    paths = []
+    for number in range(36):  # 36 view changes within the grace, 300 bytes each
+        with cache.build("scene", f"view-{number}.glb") as (temporary, _):
+            temporary.write_bytes(b"v" * 300)
+        paths.append(cache.path("scene", f"view-{number}.glb"))
+        assert cache.total_bytes <= 2 * 1000
+    on_disk = sum(path.stat().st_size for path in tmp_path.rglob("*") if path.is_file())
+    assert on_disk == cache.total_bytes > 1000  # the grace still lets it go over the soft cap
+    assert paths[-1].is_file() and not paths[0].is_file()  # the least recently handed out went
+    with cache.pinned(paths[-1]):
+        for number in range(36, 40):
+            with cache.build("scene", f"view-{number}.glb") as (temporary, _):
+                temporary.write_bytes(b"v" * 300)
+        assert paths[-1].is_file()  # pinned: never evicted
