@@ -19,6 +19,7 @@ from vggt_app.store.entries import (MEMORY_RECHECK_SECONDS, ReconstructionNotFou
 from vggt_app.store.storage import LocalFolderStorage
 from vggt_core.intrinsics import apply_camera_choice
 from vggt_core.reconstruction import Reconstruction
+from storage_servers import s3_endpoint  # noqa: F401  (fixture)
 
 
 class FakeClock:
@@ -297,3 +298,23 @@ def test_a_burst_of_views_in_their_grace_stays_under_twice_the_cap(tmp_path):
             with cache.build("scene", f"view-{number}.glb") as (temporary, _):
                 temporary.write_bytes(b"v" * 300)
         assert paths[-1].is_file()  # pinned: never evicted
+
+
+# ---- on a real S3 server (benchmarks/bench_store_scaling.py with smaller numbers)
+
+
+def test_save_time_does_not_grow_with_the_store_and_opens_stay_fast_during_a_prune(s3_endpoint):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from bench_store_scaling import measure
+
+    results = measure(s3_endpoint, entries=30, prune_entries=15, saves=5)
+    saves = results["save_s"]
+    # A full prune of 30 entries takes several times a save; a save no longer includes one.
+    assert saves["with_30_entries_median"] < 2 * saves["with_1_entry_median"] + 0.05, saves
+    assert saves["with_30_entries_median"] < saves["save_then_full_prune_with_30_entries_median"] / 2, saves
+    during = results["open_during_prune_s"]
+    assert during["prune_deleted"] == 15 and during["opens"] >= 3
+    assert during["p95"] <= 1.0, during
