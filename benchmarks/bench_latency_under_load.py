@@ -35,7 +35,8 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from soak import free_port, make_photo_sets, percentile, process_stats, start_server  # noqa: E402
+from soak import (UNLIMITED_CLIENT_ARGS, free_port, make_photo_sets, percentile, process_stats,  # noqa: E402
+                  start_server)
 
 VIEW_CONTROLS = ["confidence", "branch", "frame", "show_cameras", "filter_black", "filter_white", "max_points",
                  "hide_sky"]
@@ -216,7 +217,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"starting the server (log: {work / 'server.log'})", flush=True)
     # The stored scenes are the oldest entries: a storage bound would expire them mid-run.
     server = start_server(port, work / "storage", work / "gradio-cache", 1024.0, log,
-                          extra_args=["--storage-max-mb", "1000000", *args.server_arg])
+                          extra_args=["--storage-max-mb", "1000000", *UNLIMITED_CLIENT_ARGS, *args.server_arg])
     url = f"http://127.0.0.1:{port}/"
     try:
         photo_sets = make_photo_sets(work, 4)

@@ -102,7 +102,8 @@ class FakeHub:
         token: the only accepted token.
         repos: repo id -> :class:`FakeRepo`.
         requests: ``(method, path)`` of every request received, path unquoted, without query.
-        commits: every commit made through the API, oldest first (initial commits excluded).
+        commits: every commit made through the API, oldest first (initial commits excluded;
+            kept after a squash, which rewrites only the repository's own history).
         tree_page_size: entries per page of a tree listing (the Hub's: 1000, and 50 with
             ``expand``); lower it to test pagination.
         failure: when set, a :class:`HubError` that answers every request (an outage, a revoked
@@ -116,6 +117,7 @@ class FakeHub:
         self.repos: dict[str, FakeRepo] = {}
         self.requests: list[tuple[str, str]] = []
         self.commits: list[Commit] = []
+        self.squashes = 0  # super_squash_history calls
         self.lock = threading.Lock()
         self._counter = 0
         self._server: ThreadingHTTPServer | None = None
@@ -288,6 +290,18 @@ class FakeHub:
         return {"success": True, "commitOid": commit.sha, "pullRequestUrl": None, "hookOutput": "",
                 "commitUrl": f"{self.endpoint}/datasets/{repo.repo_id}/commit/{commit.sha}"}
 
+    def super_squash(self, repo: FakeRepo, branch: str, message: str | None) -> dict:
+        """The branch becomes one commit holding its current files: older revisions, and the
+        files only they held, are gone (the Hub's ``super_squash_history``)."""
+        if branch != "main":
+            raise HubError(404, f"Revision Not Found: {branch}", code="RevisionNotFound")
+        with self.lock:
+            files = dict(repo.head.files)
+            squashed = self._new_commit(repo.repo_id, message or "Super-squash", files, added=tuple(files))
+            repo.commits[:] = [squashed]
+            self.squashes += 1
+        return {}
+
     def history(self, repo: FakeRepo, revision: str) -> list[dict]:
         head = self.commit_at(repo, revision)
         history = repo.commits[: repo.commits.index(head) + 1]
@@ -338,7 +352,7 @@ class _HubRequestHandler(BaseHTTPRequestHandler):
             repo_id, action, rest = "/".join(segments[2:4]), segments[4:5], segments[5:]
             revision = rest[0] if rest else "main"
             path = "/".join(rest[1:]).strip("/")
-            write = method == "POST" and action in (["preupload"], ["commit"])
+            write = method == "POST" and action in (["preupload"], ["commit"], ["super-squash"])
             repo = hub.repo_for(repo_id, authorization, write=write)
             if method == "GET" and (not action or action == ["revision"]):
                 return self._send_json(hub.repo_info(repo, revision, _flag(query.get("blobs"))))
@@ -355,6 +369,8 @@ class _HubRequestHandler(BaseHTTPRequestHandler):
             if method == "POST" and action == ["preupload"]:
                 self._refuse_pull_requests(query)
                 return self._send_json(hub.preupload(repo, revision, json.loads(body)))
+            if method == "POST" and action == ["super-squash"]:
+                return self._send_json(hub.super_squash(repo, revision, json.loads(body or b"{}").get("message")))
             if method == "POST" and action == ["commit"]:
                 self._refuse_pull_requests(query)
                 lines = [json.loads(line) for line in body.splitlines() if line.strip()]

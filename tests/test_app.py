@@ -427,14 +427,18 @@ def test_a_view_being_served_is_not_evicted(tmp_path, small_reconstruction):
     stored = vggt_app.store.entries.StoredReconstruction("A" * 24, small_reconstruction, {"created_at": 0.0})
     settings = [vggt_app.view_controls.view_settings_from_values({"confidence": conf, "branch": "depth", "frame": "All", "show_cameras": True, "max_points": 1000}, num_frames=2)
                 for conf in (10, 50, 90)]
-    renderer = vggt_app.renderer.ViewRenderer(tmp_path, max_bytes=1, serve_grace_s=30)  # everything is over the cap
+    sizes = [vggt_app.renderer.ViewRenderer(tmp_path / "probe", max_bytes=10**9).view(stored, setting)
+             .glb_path.stat().st_size for setting in settings]
+    # Over the cap, but within twice the cap (the most the grace may take the folder to).
+    renderer = vggt_app.renderer.ViewRenderer(tmp_path / "cache", max_bytes=sum(sizes) // 2 + 1, serve_grace_s=30)
     served = [renderer.view(stored, setting) for setting in settings]
     # Each was just handed to the web server, which fetches it moments later: all kept for now.
+    assert renderer.cache.total_bytes > renderer.cache.max_bytes
     assert all(view.glb_path.is_file() for view in served)
     later = time.monotonic() + 31
     renderer.cache.clock = lambda: later  # the web server has fetched them by now
     renderer.cache.evict()
-    assert not any(view.glb_path.is_file() for view in served)
+    assert renderer.cache.total_bytes <= renderer.cache.max_bytes and not served[0].glb_path.is_file()
 
 
 def test_download_bundles_are_refused_rather_than_overfill_the_cap(tmp_path, small_reconstruction):

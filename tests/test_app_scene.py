@@ -70,7 +70,10 @@ def reconstructed(client, synthetic_photos):  # noqa: F811
 
 
 def stored_reconstruction(server, recon_id: str) -> Reconstruction:
-    return Reconstruction.load(server.settings.storage_dir / recon_id / "reconstruction.npz")
+    """What a restarted server reads for ``recon_id`` (a derived entry rebuilt from its parent)."""
+    from vggt_app.store.entries import ReconstructionStore
+
+    return ReconstructionStore(server.settings.storage_dir, ttl_seconds=3600, max_bytes=10**12).load(recon_id).reconstruction
 
 
 def wait_stored(client, server, recon_id: str) -> Reconstruction:

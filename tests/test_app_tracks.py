@@ -53,8 +53,12 @@ def reconstructed(client, synthetic_photos):  # noqa: F811
 
 
 def stored(server, recon_id: str) -> tuple[Reconstruction, dict]:
+    """What a restarted server reads for ``recon_id`` (a derived entry rebuilt from its parent)."""
+    from vggt_app.store.entries import ReconstructionStore
+
     folder = server.settings.storage_dir / recon_id
-    return Reconstruction.load(folder / "reconstruction.npz"), json.loads((folder / "metadata.json").read_text())
+    reloaded = ReconstructionStore(server.settings.storage_dir, ttl_seconds=3600, max_bytes=10**12).load(recon_id)
+    return reloaded.reconstruction, json.loads((folder / "metadata.json").read_text())
 
 
 def frame_pictures(gallery) -> list[np.ndarray]:

@@ -335,3 +335,39 @@ def test_an_unreachable_hub_is_a_transient_error_not_a_crash(fake_hub):
         with pytest.raises(OSError) as raised:
             operation()
         assert not isinstance(raised.value, FileNotFoundError)
+
+
+# ---- private stores (issue #19)
+
+
+def test_a_public_dataset_is_refused_unless_allowed(fake_hub, caplog):
+    fake_hub.create_dataset("me/open", private=False)
+    with pytest.raises(StorageConfigurationError, match="is public.*--allow-public-store"):
+        open_store(fake_hub, "hf://datasets/me/open/links")
+    with caplog.at_level(logging.WARNING, logger="vggt_app.store.backends"):
+        storage = open_entry_storage("hf://datasets/me/open/links", allow_public=True,
+                                     storage_options={"endpoint": fake_hub.endpoint, "token": DEFAULT_TOKEN})
+    assert storage.entry_ids() == []
+    assert any("PUBLIC" in record.getMessage() for record in caplog.records)
+    assert open_store(fake_hub).entry_ids() == []  # the private one opens as before
+
+
+def test_expired_entries_are_erased_from_the_datasets_history(fake_hub, small_reconstruction):
+    from vggt_app.store.entries import ReconstructionStore
+
+    now = [1_000_000.0]
+    store = ReconstructionStore(storage=open_store(fake_hub), ttl_seconds=100, max_bytes=10**9,
+                                clock=lambda: now[0])
+    expired = store.save(small_reconstruction)
+    now[0] += 150
+    kept = store.save(small_reconstruction)
+    old_revisions = [commit.sha for commit in fake_hub.repos["me/store"].commits]
+    assert any(f"links/{expired}/" in path for commit in fake_hub.repos["me/store"].commits for path in commit.files)
+
+    assert store.prune() == [expired]
+    repo = fake_hub.repos["me/store"]
+    assert fake_hub.squashes == 1 and len(repo.commits) == 1
+    assert not any(expired in path for commit in repo.commits for path in commit.files)
+    assert any(f"links/{kept}/" in path for path in repo.head.files)
+    assert all(repo.resolve_revision(sha) is None for sha in old_revisions)
+    assert store.prune() == [] and fake_hub.squashes == 1  # nothing deleted: nothing to squash

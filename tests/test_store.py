@@ -141,8 +141,10 @@ def test_store_prunes_the_oldest_entries_over_the_size_limit(tmp_path, small_rec
     assert store.prune() == ids[:2]  # oldest first
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(ids[2:])
 
-    store.max_bytes = 1  # even the newest does not fit, but the one being saved is kept
+    store.max_bytes = 1  # even the newest does not fit, but the newest entry is kept
     newest = store.save(small_reconstruction)
+    assert len(list(tmp_path.iterdir())) == 3  # saves never prune (the background pruner does)
+    store.prune()
     assert [p.name for p in tmp_path.iterdir()] == [newest]
 
 

@@ -19,8 +19,10 @@ from vggt_core import RANDOM_TINY_CHECKPOINT
 from .page import build_page, build_service, launch_options
 from .settings import APP_DIR, AppSettings, parse_settings
 from .store.backends import StorageConfigurationError, open_entry_storage
+from .store.client_quota import ClientQuota
 from .store.derived_cache import remove_stale_process_folders
 from .store.entries import ReconstructionStore
+from .upload_route import upload_cap_app_kwargs
 
 logger = logging.getLogger("vggt_app")
 
@@ -47,11 +49,17 @@ def storage_cache_folder() -> Path:
 
 
 def open_store(settings: AppSettings) -> ReconstructionStore:
-    """The reconstruction store of ``settings`` (a folder or a URL storage), pruned once."""
+    """The reconstruction store of ``settings`` (a folder or a URL storage), with client shares
+    and rate limits, pruned once. :func:`main` then prunes it in the background."""
     storage = open_entry_storage(settings.storage_location, cache_folder=storage_cache_folder(),
-                                 cache_max_bytes=int(settings.storage_cache_mb * 1e6))
+                                 cache_max_bytes=int(settings.storage_cache_mb * 1e6),
+                                 allow_public=settings.allow_public_store)
+    quota = ClientQuota(trust_forwarded_for=settings.trust_forwarded_for,
+                        model_runs_per_hour=settings.client_runs_per_hour,
+                        derived_per_hour=settings.client_derived_per_hour)
     store = ReconstructionStore(storage=storage, ttl_seconds=settings.storage_ttl_hours * 3600,
-                                max_bytes=int(settings.storage_max_mb * 1e6))
+                                max_bytes=int(settings.storage_max_mb * 1e6),
+                                client_share_bytes=settings.client_share_bytes, client_quota=quota)
     store.prune()
     return store
 
@@ -91,6 +99,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         store = open_store(settings)
     except StorageConfigurationError as error:  # a bad --storage: say why, no traceback
         raise SystemExit(f"app.py: {error}") from None
+    store.start_pruning(settings.prune_interval_s)  # stopped by store.close()
     demo = build_app(settings, store)
     demo.queue(max_size=32)
     exit_cleanly_on_sigterm()
@@ -98,6 +107,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         # quiet: Gradio would advise "set share=True in launch()"; this app's flag is --share.
         _, local_url, share_url = demo.launch(server_name=settings.host, server_port=settings.port,
                                               share=settings.share, prevent_thread_lock=True, quiet=True,
+                                              app_kwargs=upload_cap_app_kwargs(settings.upload_limits,
+                                                                               settings.max_upload_files),
                                               **launch_options(settings))
         logger.info("running on %s%s", local_url, f" and {share_url}" if share_url else "")
         print(f"* Running on {local_url}" + (f" and {share_url}" if share_url else "") + " (Ctrl+C stops)", flush=True)

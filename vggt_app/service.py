@@ -40,6 +40,7 @@ from .runtime.models import GPU_SLOT, ModelProvider, refine_cameras, run_model, 
 from .settings import AppSettings
 from .share_links import share_link, view_settings_from_query
 from .sky_masks import SkyMasks
+from .store.client_quota import MODEL_RUN
 from .store.entries import PendingSave, ReconstructionStore, StoreError, StoredReconstruction
 from .store.first_view import FirstView, load_first_view, save_first_view
 from .store.upload_limits import check_upload_sizes
@@ -164,10 +165,12 @@ class ReconstructionService:
         return self.start_reconstruction(files, fps, progress).wait()
 
     def start_reconstruction(self, files: Any, fps: float, progress: Callable[..., Any],
-                             refine: bool = False) -> PendingSave:
+                             refine: bool = False, request: Any = None) -> PendingSave:
         """Run the model (and with ``refine`` track points and bundle-adjust the cameras) and hand
         the result to the store's writers. The id can be shown at once (from memory);
-        :meth:`PendingSave.wait` before showing it as a share link."""
+        :meth:`PendingSave.wait` before showing it as a share link. ``request``'s client is
+        rate-limited and its key recorded with the entry (see vggt_app.store.client_quota)."""
+        client = self.store.client_quota.admit(request, MODEL_RUN) if self.store.client_quota is not None else None
         screening = self.screen(files)
         paths = screening.usable
         if not paths:
@@ -189,6 +192,8 @@ class ReconstructionService:
         metadata = {"seconds": round(seconds, 3), "checkpoint": self.settings.checkpoint,
                     "untrained": self.settings.is_untrained, "inputs": describe_inputs(paths),
                     "num_frames": reconstruction.num_frames}
+        if client is not None:
+            metadata["client"] = client
         if refine:
             progress(0.74, desc="Refining the cameras (bundle adjustment)")
             reconstruction, metadata["bundle_adjustment"] = refine_cameras(reconstruction)

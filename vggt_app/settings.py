@@ -49,10 +49,25 @@ class AppSettings:
     max_upload_mb: float = UploadLimits.max_file_mb
     max_total_upload_mb: float = UploadLimits.max_total_mb
     refine_tracks: int = DEFAULT_MAX_QUERY_POINTS
+    # Percent of storage_max_mb one client's entries may take; over it, its oldest go first.
+    client_share_percent: float = 25.0
+    # Believe X-Forwarded-For for the client's address (only behind a proxy that sets it).
+    trust_forwarded_for: bool = False
+    client_runs_per_hour: int = 60
+    client_derived_per_hour: int = 120
+    # Start on a public Hub dataset (its photos and share ids are then world-readable).
+    allow_public_store: bool = False
+    prune_interval_s: float = 60.0
+    # Most files one upload request may carry (refused while streaming, see upload_route).
+    max_upload_files: int = 200
 
     @property
     def upload_limits(self) -> UploadLimits:
         return UploadLimits(max_file_mb=self.max_upload_mb, max_total_mb=self.max_total_upload_mb)
+
+    @property
+    def client_share_bytes(self) -> int:
+        return int(self.storage_max_mb * 1e6 * self.client_share_percent / 100)
 
     @property
     def storage_location(self) -> str:
@@ -183,7 +198,50 @@ def build_arg_parser(environ: Mapping[str, str] | None = None) -> argparse.Argum
         "--refine-tracks", type=_positive_int, default=env.get("VGGT_REFINE_TRACKS", str(defaults.refine_tracks)),
         help="most points tracked for 'Refine cameras with bundle adjustment' (fewer is faster, e.g. on a CPU) "
              f"[env VGGT_REFINE_TRACKS; default {defaults.refine_tracks}]")
+    parser.add_argument(
+        "--client-share", dest="client_share", type=_percent,
+        default=env.get("VGGT_CLIENT_SHARE", f"{defaults.client_share_percent:g}"),
+        help="percent of --storage-max-mb one client (one address) may hold; over it, that client's own "
+             f"oldest reconstructions are deleted first [env VGGT_CLIENT_SHARE; default {defaults.client_share_percent:g}]")
+    parser.add_argument(
+        "--trust-forwarded-for", action=argparse.BooleanOptionalAction,
+        default=_env_flag(env.get("VGGT_TRUST_FORWARDED_FOR")),
+        help="take the client's address from X-Forwarded-For (turn on only behind a proxy that sets it, "
+             "e.g. a Hugging Face Space; otherwise anyone can pose as many clients) "
+             "[env VGGT_TRUST_FORWARDED_FOR=1; default off]")
+    parser.add_argument(
+        "--client-runs-per-hour", type=_positive_int,
+        default=env.get("VGGT_CLIENT_RUNS_PER_HOUR", str(defaults.client_runs_per_hour)),
+        help="most reconstructions one client may start per hour "
+             f"[env VGGT_CLIENT_RUNS_PER_HOUR; default {defaults.client_runs_per_hour}]")
+    parser.add_argument(
+        "--client-derived-per-hour", type=_positive_int,
+        default=env.get("VGGT_CLIENT_DERIVED_PER_HOUR", str(defaults.client_derived_per_hour)),
+        help="most changed copies (scale, camera, tracks) one client may store per hour "
+             f"[env VGGT_CLIENT_DERIVED_PER_HOUR; default {defaults.client_derived_per_hour}]")
+    parser.add_argument(
+        "--allow-public-store", action=argparse.BooleanOptionalAction,
+        default=_env_flag(env.get("VGGT_ALLOW_PUBLIC_STORE")),
+        help="start even if the hf:// dataset is public (everyone could then read the photos and list the "
+             "share ids) [env VGGT_ALLOW_PUBLIC_STORE=1; default off: a public dataset is refused]")
+    parser.add_argument(
+        "--max-upload-files", type=_positive_int,
+        default=env.get("VGGT_MAX_UPLOAD_FILES", str(defaults.max_upload_files)),
+        help="most files one upload may carry; a larger upload, or one over --max-total-upload-mb, is refused "
+             f"while it streams [env VGGT_MAX_UPLOAD_FILES; default {defaults.max_upload_files}]")
+    parser.add_argument(
+        "--prune-interval-s", type=_positive_float,
+        default=env.get("VGGT_PRUNE_INTERVAL_S", f"{defaults.prune_interval_s:g}"),
+        help="how often expiry and the size bound run, in the background "
+             f"[env VGGT_PRUNE_INTERVAL_S; default {defaults.prune_interval_s:g}]")
     return parser
+
+
+def _percent(text: str) -> float:
+    value = float(text.strip().rstrip("%"))
+    if not 0 < value <= 100:
+        raise argparse.ArgumentTypeError(f"must be a percentage in (0, 100], got {text}")
+    return value
 
 
 def _storage_location(text: str) -> str:
@@ -205,6 +263,10 @@ def parse_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str]
                        storage_ttl_hours=args.storage_ttl_hours, storage_max_mb=args.storage_max_mb,
                        public_url=args.public_url, sky_model=args.sky_model, cache_max_mb=args.cache_max_mb,
                        max_upload_mb=args.max_upload_mb, max_total_upload_mb=args.max_total_upload_mb,
-                       refine_tracks=args.refine_tracks)
+                       refine_tracks=args.refine_tracks, client_share_percent=args.client_share,
+                       trust_forwarded_for=args.trust_forwarded_for, client_runs_per_hour=args.client_runs_per_hour,
+                       client_derived_per_hour=args.client_derived_per_hour,
+                       allow_public_store=args.allow_public_store, prune_interval_s=args.prune_interval_s,
+                       max_upload_files=args.max_upload_files)
 
 

@@ -46,7 +46,7 @@ class CameraPanel:
             return self.show(recon_id, view, request)  # nothing to change
         changed = apply_camera_choice(stored.reconstruction, choice, focal, unit)
         label = {"predicted": "predicted intrinsics", "exif": "EXIF focal length"}.get(choice, f"focal {focal} {unit}")
-        return self.show(save_derived(self.store, stored, changed, label), view, request)
+        return self.show(save_derived(self.store, stored, changed, label, request), view, request)
 
     def build_and_wire(self, recon_id_box: gr.Textbox, view_controls: ViewControls,
                        scene_outputs: Sequence[gr.components.Component]) -> None:

@@ -91,7 +91,7 @@ class InputsPanel:
                     progress=gr.Progress(), **view: Any) -> dict:
         # Checked before the model runs, so bad controls cost no GPU time.
         settings = ViewControls.settings(view, num_frames=1, all_frames=True)
-        pending = self.service.start_reconstruction(files, fps, progress, refine=bool(refine))
+        pending = self.service.start_reconstruction(files, fps, progress, refine=bool(refine), request=request)
         progress(0.92, desc="Building the 3-D scene")  # while the writers save it
         scene = self.service.scene_view(pending.id, settings, self.viewer.page_url(request))
         progress(0.98, desc="Saving the reconstruction")

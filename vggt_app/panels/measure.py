@@ -140,7 +140,7 @@ class MeasurePanel:
         branch = str(view.get("branch", "depth"))
         factor = scale_from_known_distance(stored.reconstruction, points[0], points[1], length, branch=branch)
         scaled = stored.reconstruction.scaled(factor, units=unit)
-        new_id = save_derived(self.store, stored, scaled, f"scaled ×{factor:.6g} to {unit}")
+        new_id = save_derived(self.store, stored, scaled, f"scaled ×{factor:.6g} to {unit}", request)
         gr.Info(f"Scene rescaled: {float(length):g} {unit} between A and B (×{factor:.4g}).")
         # The panel keeps A and B and now measures in the new unit.
         return {**self.show(new_id, view, request), self.result: describe(scaled, points, branch),

@@ -179,7 +179,7 @@ class TracksPanel:
         progress(0.92, desc="Saving the tracks")
         new_id = save_derived(self.store, stored, tracked,
                               f"tracked {num_points} points from frame{'s' if len(frames) > 1 else ''} "
-                              f"{', '.join(map(str, frames))}")
+                              f"{', '.join(map(str, frames))}", request)
         gallery = tracks_gallery(tracked)
         note = (f"**Tracked {num_points} point{'s' if num_points != 1 else ''}** from frame"
                 f"{'s' if len(frames) > 1 else ''} {', '.join(map(str, frames))} across {tracked.num_frames} "

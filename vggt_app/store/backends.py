@@ -288,6 +288,21 @@ class FsspecEntryStorage:
                 pass
         self._invalidate(self._path(entry_id))
 
+    @_as_os_errors
+    def compact_history(self) -> None:
+        """Erase deleted entries from the store's history too. A Hub dataset keeps every
+        commit, so a file deleted by a commit stays downloadable from an older revision: this
+        squashes the branch to one commit (``super_squash_history``). Other back ends keep no
+        history (an S3 bucket with versioning on is the operator's choice; see the README)."""
+        if self.location.protocol != "hf":
+            return
+        from huggingface_hub import HfApi
+
+        api = HfApi(endpoint=getattr(self.fs, "endpoint", None), token=getattr(self.fs, "token", None))
+        api.super_squash_history(self.location.hf_repo_id, repo_type="dataset",
+                                 commit_message="Erase expired reconstructions from the history")
+        self.fs.invalidate_cache()
+
     # ---- helpers
 
     def _listing_options(self) -> dict[str, Any]:
@@ -309,13 +324,19 @@ class FsspecEntryStorage:
 
 
 def open_entry_storage(text: str | os.PathLike, *, storage_options: Mapping[str, Any] | None = None,
-                       cache_folder: str | os.PathLike | None = None, cache_max_bytes: int = 0):
+                       cache_folder: str | os.PathLike | None = None, cache_max_bytes: int = 0,
+                       allow_public: bool = False):
     """The store's storage for a folder or URL: a :class:`~vggt_app.store.storage.LocalFolderStorage`,
     or a :class:`FsspecEntryStorage`, behind a
     :class:`~vggt_app.store.local_cache.CachedEntryStorage` of ``cache_max_bytes`` in
     ``cache_folder`` when both are given (a folder needs no cache). Credentials come from each backend's usual
     environment (AWS_* variables and ~/.aws for s3fs, Google's application-default credentials for
-    gcsfs, HF_TOKEN for the Hub); ``storage_options`` are passed to the fsspec filesystem."""
+    gcsfs, HF_TOKEN for the Hub); ``storage_options`` are passed to the fsspec filesystem.
+
+    Raises:
+        StorageConfigurationError: a Hub dataset that the token cannot see, or one that is public
+            (entries hold the users' photos) unless ``allow_public``.
+    """
     location = parse_storage_location(text)
     if location.is_local:
         return LocalFolderStorage(location.root)
@@ -331,7 +352,7 @@ def open_entry_storage(text: str | os.PathLike, *, storage_options: Mapping[str,
     options.setdefault("skip_instance_cache", True)
     storage = FsspecEntryStorage(location, filesystem_class(**options))
     if location.protocol == "hf":
-        _check_dataset_is_visible(storage)
+        _check_dataset_is_visible(storage, allow_public)
     if cache_folder is not None and cache_max_bytes > 0:
         from .local_cache import CachedEntryStorage
 
@@ -339,16 +360,18 @@ def open_entry_storage(text: str | os.PathLike, *, storage_options: Mapping[str,
     return storage
 
 
-def _check_dataset_is_visible(storage: FsspecEntryStorage) -> None:
+def _check_dataset_is_visible(storage: FsspecEntryStorage, allow_public: bool = False) -> None:
     """A private dataset that the token cannot see answers exactly like an empty one, so without
-    this check a server missing its HF_TOKEN would report every share link as expired."""
+    this check a server missing its HF_TOKEN would report every share link as expired. A public
+    one would show everyone the users' photos and list every share id: refused unless
+    ``allow_public``."""
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
 
     advice = ("create it as a private dataset repository and set HF_TOKEN to a token with write access "
               "to it")
     try:
-        HfApi(endpoint=getattr(storage.fs, "endpoint", None), token=getattr(storage.fs, "token", None)).repo_info(
+        info = HfApi(endpoint=getattr(storage.fs, "endpoint", None), token=getattr(storage.fs, "token", None)).repo_info(
             storage.location.hf_repo_id, repo_type="dataset")
     except RepositoryNotFoundError as error:
         raise StorageConfigurationError(
@@ -364,6 +387,15 @@ def _check_dataset_is_visible(storage: FsspecEntryStorage) -> None:
         logger.warning("could not check the dataset %s: %s", storage.location.hf_repo_id, error)
     except Exception as error:  # noqa: BLE001  (no network: httpx's errors are not OSErrors)
         logger.warning("could not reach the Hub to check the dataset %s: %s", storage.location.hf_repo_id, error)
+    else:
+        if getattr(info, "private", None) is False:
+            if not allow_public:
+                raise StorageConfigurationError(
+                    f"The dataset {storage.location.hf_repo_id} is public: anyone could download the users' "
+                    "photos and list every share link. Make it private in its settings on the Hub, or start "
+                    "with --allow-public-store to accept that.")
+            logger.warning("the dataset %s is PUBLIC (--allow-public-store): everyone can read the stored "
+                           "photos and list the share ids", storage.location.hf_repo_id)
 
 
 def _is_hf_entry_not_found(error: BaseException) -> bool:

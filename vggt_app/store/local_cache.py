@@ -136,6 +136,11 @@ class CachedEntryStorage:
         self.remote.delete_entry(entry_id)
         self._forget_entry(entry_id)
 
+    def compact_history(self) -> None:
+        compact = getattr(self.remote, "compact_history", None)
+        if compact is not None:
+            compact()
+
     def entry_ids(self) -> list[str]:
         return self.remote.entry_ids()
 
