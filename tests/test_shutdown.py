@@ -62,10 +62,10 @@ import app
 import vggt_app.store.entries
 print('pycolmap imported by import app:', 'pycolmap' in sys.modules, flush=True)
 write = vggt_app.store.entries.ReconstructionStore._write
-def slow_write(self, stored):
+def slow_write(self, stored, *args, **kwargs):
     if os.path.exists(os.environ['SLOW_WRITES_FLAG']):
         time.sleep(3)
-    write(self, stored)
+    write(self, stored, *args, **kwargs)
 vggt_app.store.entries.ReconstructionStore._write = slow_write
 app.main()
 """
