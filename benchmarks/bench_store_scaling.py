@@ -66,6 +66,25 @@ def save_times(store: ReconstructionStore, recon, saves: int, prune_too: bool = 
     return times
 
 
+def raw_write_times(store: ReconstructionStore, recon, saves: int) -> list[float]:
+    """The same bytes as one save written straight through the storage back end (no store
+    logic): what the S3 server itself costs per entry at the store's current size."""
+    import io
+    import secrets
+
+    buffer = io.BytesIO()
+    recon.at_stored_precision().save(buffer)
+    payload, times = buffer.getvalue(), []
+    for _ in range(saves):
+        entry = "raw-" + secrets.token_hex(8)
+        began = time.perf_counter()
+        store.storage.write_bytes(entry, ReconstructionStore.RECONSTRUCTION_FILE, payload)
+        store.storage.write_bytes(entry, ReconstructionStore.METADATA_FILE, b"{}")
+        times.append(time.perf_counter() - began)
+        store.storage.delete_entry(entry)
+    return times
+
+
 def measure(endpoint: str, *, entries: int, prune_entries: int, saves: int = 10, opens_per_s: float = 20.0) -> dict:
     """The numbers of one run against the S3 server at ``endpoint`` (credentials in the environment)."""
     recon = reconstruction_from_synthetic_scene(render_scene("table", num_views=2, width=56, height=42))
@@ -79,13 +98,23 @@ def measure(endpoint: str, *, entries: int, prune_entries: int, saves: int = 10,
     for recon_id in store.storage.entry_ids()[1:]:
         store.storage.delete_entry(recon_id)  # back to 1 entry
     small = save_times(store, recon, saves)
+    raw_small = raw_write_times(store, recon, saves)
     while len(store.storage.entry_ids()) < entries:
         store.save(recon)
     large = save_times(store, recon, saves)
+    raw_large = raw_write_times(store, recon, saves)
     old_way = save_times(store, recon, max(2, saves // 5), prune_too=True)
     results["save_s"] = {"with_1_entry_median": statistics.median(small),
                          f"with_{entries}_entries_median": statistics.median(large),
                          "ratio": statistics.median(large) / statistics.median(small),
+                         # The S3 server's own cost of the same two writes, without the store:
+                         # any growth here is the server's, not the store's.
+                         "raw_backend_with_1_entry_median": statistics.median(raw_small),
+                         f"raw_backend_with_{entries}_entries_median": statistics.median(raw_large),
+                         "raw_backend_ratio": statistics.median(raw_large) / statistics.median(raw_small),
+                         "store_overhead_with_1_entry_median": statistics.median(small) - statistics.median(raw_small),
+                         f"store_overhead_with_{entries}_entries_median":
+                             statistics.median(large) - statistics.median(raw_large),
                          f"save_then_full_prune_with_{entries}_entries_median": statistics.median(old_way)}
     store.close()
 
