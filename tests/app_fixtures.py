@@ -21,6 +21,7 @@ from PIL import Image  # noqa: E402
 
 import app  # noqa: E402
 import vggt_app.page  # noqa: E402
+from vggt_app.upload_route import upload_cap_app_kwargs  # noqa: E402
 import vggt_core  # noqa: E402
 from vggt_core.synthetic import render_scene  # noqa: E402
 
@@ -42,14 +43,18 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def launch_test_app(storage_dir: Path, **overrides) -> RunningApp:
-    """Build and start the app on a free local port; the caller must ``demo.close()`` it."""
+def launch_test_app(storage_dir: Path, *, upload_caps: bool = False, **overrides) -> RunningApp:
+    """Build and start the app on a free local port; the caller must ``demo.close()`` it.
+    ``upload_caps``: with the upload route's caps, as ``main`` launches it."""
     settings = app.AppSettings(checkpoint=vggt_core.RANDOM_TINY_CHECKPOINT, host="127.0.0.1", port=free_port(),
                                max_frames=TEST_MAX_FRAMES, storage_dir=storage_dir, **overrides)
     demo = app.build_app(settings)
     demo.queue()
     _, local_url, _ = demo.launch(server_name=settings.host, server_port=settings.port,
-                                  prevent_thread_lock=True, quiet=True, **vggt_app.page.launch_options(settings))
+                                  prevent_thread_lock=True, quiet=True, **vggt_app.page.launch_options(settings),
+                                  **({"app_kwargs": upload_cap_app_kwargs(settings.upload_limits,
+                                                                          settings.max_upload_files)}
+                                     if upload_caps else {}))
     return RunningApp(url=local_url, settings=settings, demo=demo)
 
 

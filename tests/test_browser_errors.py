@@ -91,3 +91,38 @@ def test_mixed_upload_one_progress_bar_and_a_mistake_keeps_the_scene(browser, ru
     assert "point map branch" in summary_text(page)
     assert page.locator("#depth-gallery img").count() == gallery_images
     context.close()
+
+
+def test_an_upload_over_the_total_cap_is_refused_with_a_message_and_leaves_nothing(browser, tmp_path):  # noqa: F811
+    """The app launched as main launches it (upload caps at the route): three files of 0.5 MB,
+    each under the 0.8 MB per-file cap but 1.5 MB together, over the 1 MB total. The page says
+    so in a toast, the upload box stays empty, and Gradio's upload folder gains no file."""
+    from gradio.utils import get_upload_folder
+
+    from app_fixtures import launch_test_app
+
+    def uploaded() -> set[Path]:
+        folder = Path(get_upload_folder())
+        return {path for path in folder.rglob("*") if path.is_file()} if folder.exists() else set()
+
+    server = launch_test_app(tmp_path / "storage", upload_caps=True, max_upload_mb=0.8, max_total_upload_mb=1.0)
+    try:
+        blobs = []
+        for index in range(3):
+            blob = tmp_path / f"large_{index}.jpg"
+            blob.write_bytes(bytes(range(256)) * 1954)  # 0.5 MB each
+            blobs.append(blob)
+        before = uploaded()
+        page = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+        page.goto(server.url)
+        page.get_by_text("Untrained model.").wait_for()
+        page.locator("#input-files input[type=file]").set_input_files([str(blob) for blob in blobs])
+        toast = page.locator(".toast-body").filter(has_text="maximum allowed size of 1 MB")
+        toast.first.wait_for(timeout=UPDATE_TIMEOUT_MS)
+        assert "please choose fewer or smaller files" in toast.first.inner_text()
+        page.wait_for_timeout(500)
+        assert page.locator("#input-gallery img").count() == 0
+        assert not any("large_" in path.name for path in uploaded() - before)
+        page.screenshot(path=SCREENSHOTS / "errors-3-upload-over-cap.png", full_page=True)
+    finally:
+        server.demo.close()
