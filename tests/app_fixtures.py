@@ -10,6 +10,7 @@ import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 # Before gradio is imported: no usage statistics from test runs.
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -20,6 +21,7 @@ import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import app  # noqa: E402
+import vggt_app.main  # noqa: E402
 import vggt_app.page  # noqa: E402
 import vggt_core  # noqa: E402
 from vggt_core.synthetic import render_scene  # noqa: E402
@@ -34,6 +36,12 @@ class RunningApp:
     url: str
     settings: app.AppSettings
     demo: gr.Blocks
+    service: Any = None  # the ReconstructionService behind the page
+
+    def close(self) -> None:
+        self.demo.close()
+        if self.service is not None:
+            self.service.models.close()  # a device group's workers, as vggt_app.main does
 
 
 def free_port() -> int:
@@ -46,11 +54,12 @@ def launch_test_app(storage_dir: Path, **overrides) -> RunningApp:
     """Build and start the app on a free local port; the caller must ``demo.close()`` it."""
     settings = app.AppSettings(checkpoint=vggt_core.RANDOM_TINY_CHECKPOINT, host="127.0.0.1", port=free_port(),
                                max_frames=TEST_MAX_FRAMES, storage_dir=storage_dir, **overrides)
-    demo = app.build_app(settings)
+    service = vggt_app.page.build_service(settings, app.open_store(settings), vggt_app.main.derived_files_folder())
+    demo = vggt_app.page.build_page(service)
     demo.queue()
     _, local_url, _ = demo.launch(server_name=settings.host, server_port=settings.port,
                                   prevent_thread_lock=True, quiet=True, **vggt_app.page.launch_options(settings))
-    return RunningApp(url=local_url, settings=settings, demo=demo)
+    return RunningApp(url=local_url, settings=settings, demo=demo, service=service)
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +69,7 @@ def running_app(tmp_path_factory):
     try:
         yield server
     finally:
-        server.demo.close()
+        server.close()
 
 
 @pytest.fixture(scope="module")
