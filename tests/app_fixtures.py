@@ -62,6 +62,30 @@ def launch_test_app(storage_dir: Path, **overrides) -> RunningApp:
     return RunningApp(url=local_url, settings=settings, demo=demo, service=service)
 
 
+@dataclass
+class Run:
+    """An API call's outputs and what the server said on the way (gradio_client status updates)."""
+
+    outputs: tuple
+    progress: list[str]  # progress messages, in order, each once
+    messages: list[str]  # gr.Info / gr.Warning messages (toasts on the page)
+
+
+def predict_with_updates(client, *args, api_name: str, **kwargs) -> Run:
+    """``client.predict`` that also keeps the progress and toast messages of the call."""
+    job = client.submit(*args, api_name=api_name, **kwargs)
+    outputs = job.result(timeout=600)
+    progress, messages = [], []
+    while not job.communicator.updates.empty():
+        update = job.communicator.updates.get_nowait()
+        for unit in getattr(update, "progress_data", None) or []:
+            if unit.desc and (not progress or progress[-1] != unit.desc):
+                progress.append(unit.desc)
+        if getattr(update, "log", None):
+            messages.append(update.log[0])
+    return Run(outputs, progress, messages)
+
+
 @pytest.fixture(scope="module")
 def running_app(tmp_path_factory):
     """One server per test module, closed afterwards."""

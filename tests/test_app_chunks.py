@@ -19,7 +19,7 @@ from PIL import Image
 
 import vggt_app.share_links
 import vggt_core.pipeline as pipeline
-from app_fixtures import running_app  # noqa: F401 (fixture)
+from app_fixtures import predict_with_updates, running_app  # noqa: F401 (fixture)
 from vggt_app.panels.memory import MemoryPanel
 from vggt_app.store.entries import ReconstructionStore, is_valid_reconstruction_id
 from vggt_core import RANDOM_TINY_CHECKPOINT
@@ -79,19 +79,6 @@ def test_the_chunks_button_shows_only_when_the_memory_line_says_the_frames_do_no
     assert "Will not fit" in line and chunks_button.visible is False
 
 
-def predict_with_progress(client: Client, *args, api_name: str) -> tuple[tuple, list[str]]:
-    """The outputs and every progress message the server sent on the way."""
-    job = client.submit(*args, api_name=api_name)
-    outputs = job.result(timeout=600)
-    messages = []
-    while not job.communicator.updates.empty():
-        update = job.communicator.updates.get_nowait()
-        for unit in getattr(update, "progress_data", None) or []:
-            if unit.desc and (not messages or messages[-1] != unit.desc):
-                messages.append(unit.desc)
-    return outputs, messages
-
-
 def test_a_chunked_run_is_one_stored_scene_with_a_share_link_that_opens(running_app, four_photos,  # noqa: F811
                                                                         room_for_two_frames):
     client = Client(running_app.url, verbose=False)
@@ -104,7 +91,8 @@ def test_a_chunked_run_is_one_stored_scene_with_a_share_link_that_opens(running_
 
     # ... while chunks of the size the button offers (0: as many as fit) run: 2 frames each,
     # overlapping by 1, so the 4 frames make 3 chunks.
-    outputs, progress = predict_with_progress(client, files, 1.0, 0, *VIEW, api_name="/reconstruct_in_chunks")
+    run = predict_with_updates(client, files, 1.0, 0, *VIEW, api_name="/reconstruct_in_chunks")
+    outputs, progress = run.outputs, run.progress
     glb, summary, depth_gallery, _, recon_id, share, downloads = outputs[:7]
     assert "**4 frames**" in summary and "in chunks of 2 frames (overlap 1)" in summary
     assert Path(glb).is_file() and len(depth_gallery) == 3 * 4 and downloads is None
