@@ -97,6 +97,7 @@ class ServerDeviceGroup:
                 self.stopped_because = "the server is stopping"
         if group is not None:
             group.close()
+            logger.info("stopped the device group's workers on %s", ", ".join(self.devices))
 
     def _started(self) -> DeviceGroup:
         with self._lock:
