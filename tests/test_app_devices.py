@@ -71,6 +71,13 @@ def test_a_device_group_gives_the_single_device_reconstruction(group_app, synthe
     assert list(grouped.frame_names) == list(single.frame_names)
 
 
+def test_fewer_frames_than_devices_run_on_one_device(group_app, synthetic_photos):  # noqa: F811
+    run = predict_with_updates(Client(group_app.url, verbose=False), [handle_file(str(synthetic_photos[0]))], 1.0,
+                               *VIEW, api_name="/reconstruct")
+    assert "**1 frames**" in run.outputs[1] or "**1 frame**" in run.outputs[1]
+    assert not run.messages and group_app.service.models.device_group.is_usable
+
+
 def test_a_killed_worker_leaves_the_server_on_one_device_and_says_so(group_app, synthetic_photos):  # noqa: F811
     client = Client(group_app.url, verbose=False)
     files = [handle_file(str(p)) for p in synthetic_photos]

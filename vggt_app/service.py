@@ -236,13 +236,15 @@ class ReconstructionService:
     def run_forward(self, decoded: DecodedFrames, progress: Callable[..., Any], *, model_end: float,
                     refine: bool = False, chunks: ChunkLayout | None = None) -> Reconstruction:
         """The model on ``decoded`` (progress from 0.1 to ``model_end``; tracking for ``refine``
-        after it, up to 0.72): on the device group while it works, else on the in-process model.
-        When the group stops (a worker died), the user is told and the run is repeated on one
+        after it, up to 0.72): on the device group while it works (and has a frame per device),
+        else on the in-process model. When the group stops (a worker died), the user is told and the run is repeated on one
         device, as every later one will be."""
         forward_progress = page_progress(progress, 0.1, model_end)
         track_progress = page_progress(progress, model_end, 0.72) if refine else None
         group = self.models.device_group
-        if group is not None and group.is_usable:
+        # Each device needs at least one frame of every run (a chunk, or all frames).
+        frames_per_run = min(len(decoded.names), chunks.size if chunks is not None else len(decoded.names))
+        if group is not None and group.is_usable and frames_per_run >= len(group.devices):
             try:
                 recon = self._forward_on_group(decoded, forward_progress, chunks, progress)
             except DeviceGroupStopped as stopped:
