@@ -3,9 +3,10 @@
 How a request flows: the uploaded files become frames (``gather_input_frames``, ``decode_frames``),
 the model runs once, or on overlapping chunks for frames that do not fit
 (:func:`vggt_app.runtime.models.run_model`, the only step that holds the GPU; with ``--devices`` on
-the device group, see :meth:`ReconstructionService.run_forward`), and the resulting ``Reconstruction`` is stored under an unguessable id; its share link is shown
-once it is durable. Everything after that (moving a display slider, downloading, opening the
-share link in another browser) works from the stored reconstruction and never runs the model again.
+the device group, see :meth:`ReconstructionService.run_forward`), and the resulting
+``Reconstruction`` is stored under an unguessable id; its share link is shown once it is durable.
+Everything after that (moving a display slider, downloading, opening the share link in another
+browser) works from the stored reconstruction and never runs the model again.
 
 Results are plain values (:class:`SceneView`); the panels turn them into component updates.
 """
@@ -226,8 +227,8 @@ class ReconstructionService:
             fitting = chunk_size_for_memory(estimate)
             if fitting is None:
                 raise FrameLimitError("Not even two frames fit in memory here, so chunks cannot help."
-                                      if estimate.fits is False else
-                                      "This device gives no free-memory figure: choose a chunk size (2 or more frames).")
+                                      if estimate.fits is False else "This device gives no free-memory figure: "
+                                      "choose a chunk size (2 or more frames).")
             chunk_size = fitting
         if chunk_size < 2:
             raise InputError(f"A chunk needs at least 2 frames, got {chunk_size}.")
@@ -237,8 +238,8 @@ class ReconstructionService:
                     refine: bool = False, chunks: ChunkLayout | None = None) -> Reconstruction:
         """The model on ``decoded`` (progress from 0.1 to ``model_end``; tracking for ``refine``
         after it, up to 0.72): on the device group while it works (and has a frame per device),
-        else on the in-process model. When the group stops (a worker died), the user is told and the run is repeated on one
-        device, as every later one will be."""
+        else on the in-process model. When the group stops (a worker died), the user is told and
+        the run is repeated on one device, as every later one will be."""
         forward_progress = page_progress(progress, 0.1, model_end)
         track_progress = page_progress(progress, model_end, 0.72) if refine else None
         group = self.models.device_group

@@ -116,12 +116,13 @@ def _device(text: str) -> str | None:
     return text
 
 
-def _devices(text: str) -> tuple[str, ...]:
-    """``cuda:0,cuda:1`` (or ``cpu,cpu``), checked now; one device is no group: ``()``."""
+def _devices(text: str) -> tuple[str, ...] | None:
+    """``cuda:0,cuda:1`` (or ``cpu,cpu``), checked now; one device is no group: ``()``; empty or
+    ``auto``: None, the default (see :func:`default_devices`)."""
     from vggt_core.device_group import parse_devices
 
     if text.strip() in ("", "auto"):
-        return ()
+        return None
     try:
         return tuple(parse_devices(text))
     except (ValueError, RuntimeError) as error:

@@ -163,5 +163,5 @@ def refine_cameras(recon: Reconstruction) -> tuple[Reconstruction, dict[str, Any
 GPU_SLOT = ModelWorker()
 
 
-__all__ = ["GPU_SLOT", "ChunkLayout", "ModelProvider", "run_refine_tracking", "ZERO_GPU_DURATION_SECONDS", "on_zero_gpu", "refine_cameras", "run_model",
-           "run_tracking", "spaces_package"]
+__all__ = ["GPU_SLOT", "ChunkLayout", "ModelProvider", "ZERO_GPU_DURATION_SECONDS", "on_zero_gpu", "refine_cameras",
+           "run_model", "run_refine_tracking", "run_tracking", "spaces_package"]
