@@ -10,6 +10,7 @@ import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 # Before gradio is imported: no usage statistics from test runs.
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -20,6 +21,7 @@ import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import app  # noqa: E402
+import vggt_app.main  # noqa: E402
 import vggt_app.page  # noqa: E402
 from vggt_app.upload_route import upload_cap_app_kwargs  # noqa: E402
 import vggt_core  # noqa: E402
@@ -35,6 +37,12 @@ class RunningApp:
     url: str
     settings: app.AppSettings
     demo: gr.Blocks
+    service: Any = None  # the ReconstructionService behind the page
+
+    def close(self) -> None:
+        self.demo.close()
+        if self.service is not None:
+            self.service.models.close()  # a device group's workers, as vggt_app.main does
 
 
 def free_port() -> int:
@@ -44,18 +52,43 @@ def free_port() -> int:
 
 
 def launch_test_app(storage_dir: Path, *, upload_caps: bool = False, **overrides) -> RunningApp:
-    """Build and start the app on a free local port; the caller must ``demo.close()`` it.
+    """Build and start the app on a free local port; the caller must ``close()`` it.
     ``upload_caps``: with the upload route's caps, as ``main`` launches it."""
     settings = app.AppSettings(checkpoint=vggt_core.RANDOM_TINY_CHECKPOINT, host="127.0.0.1", port=free_port(),
                                max_frames=TEST_MAX_FRAMES, storage_dir=storage_dir, **overrides)
-    demo = app.build_app(settings)
+    service = vggt_app.page.build_service(settings, app.open_store(settings), vggt_app.main.derived_files_folder())
+    demo = vggt_app.page.build_page(service)
     demo.queue()
     _, local_url, _ = demo.launch(server_name=settings.host, server_port=settings.port,
                                   prevent_thread_lock=True, quiet=True, **vggt_app.page.launch_options(settings),
                                   **({"app_kwargs": upload_cap_app_kwargs(settings.upload_limits,
                                                                           settings.max_upload_files)}
                                      if upload_caps else {}))
-    return RunningApp(url=local_url, settings=settings, demo=demo)
+    return RunningApp(url=local_url, settings=settings, demo=demo, service=service)
+
+
+@dataclass
+class Run:
+    """An API call's outputs and what the server said on the way (gradio_client status updates)."""
+
+    outputs: tuple
+    progress: list[str]  # progress messages, in order, each once
+    messages: list[str]  # gr.Info / gr.Warning messages (toasts on the page)
+
+
+def predict_with_updates(client, *args, api_name: str, **kwargs) -> Run:
+    """``client.predict`` that also keeps the progress and toast messages of the call."""
+    job = client.submit(*args, api_name=api_name, **kwargs)
+    outputs = job.result(timeout=600)
+    progress, messages = [], []
+    while not job.communicator.updates.empty():
+        update = job.communicator.updates.get_nowait()
+        for unit in getattr(update, "progress_data", None) or []:
+            if unit.desc and (not progress or progress[-1] != unit.desc):
+                progress.append(unit.desc)
+        if getattr(update, "log", None):
+            messages.append(update.log[0])
+    return Run(outputs, progress, messages)
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +98,7 @@ def running_app(tmp_path_factory):
     try:
         yield server
     finally:
-        server.demo.close()
+        server.close()
 
 
 @pytest.fixture(scope="module")

@@ -500,7 +500,8 @@ def test_pruning_runs_when_the_app_starts(tmp_path, small_reconstruction):
 # ---------------------------------------------------------------------------------------------
 
 ALL_FLAGS_AND_VARIABLES = {
-    "--checkpoint": "VGGT_CHECKPOINT", "--device": "VGGT_DEVICE", "--host": "GRADIO_SERVER_NAME",
+    "--checkpoint": "VGGT_CHECKPOINT", "--device": "VGGT_DEVICE", "--devices": "VGGT_DEVICES",
+    "--host": "GRADIO_SERVER_NAME",
     "--port": "GRADIO_SERVER_PORT", "--share": "VGGT_SHARE", "--max-frames": "VGGT_MAX_FRAMES",
     "--video-fps": "VGGT_VIDEO_FPS", "--storage-dir": "VGGT_STORAGE_DIR",
     "--storage-ttl-hours": "VGGT_STORAGE_TTL_HOURS", "--storage-max-mb": "VGGT_STORAGE_MAX_MB",

@@ -125,4 +125,4 @@ def test_an_upload_over_the_total_cap_is_refused_with_a_message_and_leaves_nothi
         assert not any("large_" in path.name for path in uploaded() - before)
         page.screenshot(path=SCREENSHOTS / "errors-3-upload-over-cap.png", full_page=True)
     finally:
-        server.demo.close()
+        server.close()

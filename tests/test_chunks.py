@@ -208,7 +208,7 @@ def test_reconstruct_in_chunks_reports_each_chunk_and_closes_loops_exactly(scene
     assert runs[:4] == [[0, 1, 2, 3, 4], [3, 4, 5, 6, 7], [6, 7, 8, 9, 10], [9, 10, 11, 12, 13]]
     assert runs[4] == [0, 1, 11, 12]  # windows of `overlap` frames around 1 (chunk 0) and 12 (chunk 3)
     for number in range(1, 5):
-        assert any(message.startswith(f"chunk {number}/4") for _, message in messages)
+        assert any(message.startswith(f"chunk {number} of 4") for _, message in messages)
     assert any(message.startswith("loop closure 1/1") for _, message in messages)
     fractions = [fraction for fraction, _ in messages]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0

@@ -127,3 +127,51 @@ def test_sigterm_finishes_the_saves_and_exits_cleanly(tmp_path):
         assert metadata["num_frames"] == 3
         with np.load(storage / entry / "reconstruction.npz", allow_pickle=False) as arrays:
             assert arrays["images"].shape[0] == 3 and arrays["depth"].shape[0] == 3
+
+
+def worker_pids(app_pid: int) -> list[int]:
+    """The app's device-group workers: its children started by multiprocessing's spawn (not its
+    resource tracker)."""
+    workers = []
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text()
+            command = (entry / "cmdline").read_bytes()
+        except (OSError, NotADirectoryError):
+            continue  # not a process, or gone meanwhile
+        parent = int(stat.rsplit(")", 1)[1].split()[1])  # after "pid (name) state"
+        if parent == app_pid and b"multiprocessing.spawn" in command and b"resource_tracker" not in command:
+            workers.append(int(entry.name))
+    return workers
+
+
+def test_sigterm_stops_the_device_group_workers(tmp_path):
+    port, photos = free_port(), noise_photos(tmp_path)
+    log = (tmp_path / "app.log").open("w+")
+    process = subprocess.Popen(
+        [sys.executable, str(APP_FILE), "--checkpoint", "random-tiny", "--devices", "cpu,cpu", "--host", "127.0.0.1",
+         "--port", str(port), "--storage-dir", str(tmp_path / "storage"), "--max-frames", "6"],
+        cwd=APP_FILE.parent, stdout=log, stderr=subprocess.STDOUT,
+        env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"})
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        wait_until_serving(url, process)
+        outputs = Client(url, verbose=False).predict([handle_file(str(p)) for p in photos], 1.0, *VIEW,
+                                                     api_name="/reconstruct")
+        assert "**3 frames**" in outputs[1]
+        workers = worker_pids(process.pid)
+        assert len(workers) == 2, workers
+        process.send_signal(signal.SIGTERM)
+        return_code = process.wait(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    log.seek(0)
+    output = log.read()
+    assert return_code == 0, output[-3000:]
+    assert "stopped the device group's workers on cpu, cpu" in output, output[-3000:]
+    deadline = time.monotonic() + 10  # once the app is gone, init reaps what it had not
+    while any(Path(f"/proc/{pid}").exists() for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(Path(f"/proc/{pid}").exists() for pid in workers)

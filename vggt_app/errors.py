@@ -56,6 +56,14 @@ def answer(message: str, *, sticky: bool = False) -> Any:
     raise gr.Error(message, duration=None if sticky else 10)
 
 
+def warn_user(message: str, *, sticky: bool = True) -> None:
+    """Something the person should know although their request goes on (the device group
+    stopped, say): a toast on the page, a log message for API clients (gradio_client's status
+    updates). Logged as a warning too."""
+    logger.warning("told the user: %s", message)
+    gr.Warning(user_message(message), duration=None if sticky else 10)
+
+
 def show_user_errors(handler: Callable) -> Callable:
     """Turn every failure of an event handler into a message: never a traceback, and on the page
     the outputs keep their values (see :func:`answer`). Expected mistakes are logged as one line."""
@@ -83,4 +91,4 @@ def show_user_errors(handler: Callable) -> Callable:
 
 
 __all__ = ["CHECKPOINT_HINT", "GENERIC_ERROR_MESSAGE", "answer", "called_from_the_page", "show_user_errors",
-           "user_message"]
+           "user_message", "warn_user"]

@@ -100,7 +100,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     except StorageConfigurationError as error:  # a bad --storage: say why, no traceback
         raise SystemExit(f"app.py: {error}") from None
     store.start_pruning(settings.prune_interval_s)  # stopped by store.close()
-    demo = build_app(settings, store)
+    service = build_service(settings, store, derived_files_folder())
+    demo = build_page(service)
     demo.queue(max_size=32)
     exit_cleanly_on_sigterm()
     try:
@@ -115,6 +116,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         demo.block_thread()
     finally:
         demo.close()  # no new requests; then every save already handed to the writers completes
+        service.models.close()  # the device group's worker processes, if any
         store.close()
         logger.info("stopped; every reconstruction in flight is saved")
 

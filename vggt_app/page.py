@@ -51,7 +51,8 @@ def launch_options(settings: AppSettings) -> dict[str, Any]:
 def build_service(settings: AppSettings, store: ReconstructionStore, derived_files: Any) -> ReconstructionService:
     """The service of a page: ``store``, a renderer writing into ``derived_files`` (a folder), the model."""
     renderer = ViewRenderer(derived_files, int(settings.cache_max_mb * 1e6))
-    return ReconstructionService(settings, store, renderer, ModelProvider(settings.checkpoint, settings.device))
+    return ReconstructionService(settings, store, renderer, ModelProvider(settings.checkpoint, settings.device,
+                                                                          settings.devices))
 
 
 def build_page(service: ReconstructionService) -> gr.Blocks:

@@ -1,10 +1,12 @@
 """What the page's events do, independent of the layout (so it is easy to test).
 
 How a request flows: the uploaded files become frames (``gather_input_frames``, ``decode_frames``),
-the model runs once (:func:`vggt_app.runtime.models.run_model`, the only step that holds the GPU),
-and the resulting ``Reconstruction`` is stored under an unguessable id; its share link is shown
-once it is durable. Everything after that (moving a display slider, downloading, opening the
-share link in another browser) works from the stored reconstruction and never runs the model again.
+the model runs once, or on overlapping chunks for frames that do not fit
+(:func:`vggt_app.runtime.models.run_model`, the only step that holds the GPU; with ``--devices`` on
+the device group, see :meth:`ReconstructionService.run_forward`), and the resulting
+``Reconstruction`` is stored under an unguessable id; its share link is shown once it is durable.
+Everything after that (moving a display slider, downloading, opening the share link in another
+browser) works from the stored reconstruction and never runs the model again.
 
 Results are plain values (:class:`SceneView`); the panels turn them into component updates.
 """
@@ -27,16 +29,20 @@ from typing import Any
 import gradio as gr
 import torch
 
-from vggt_core import InputError, WeightsUnavailableError
+from vggt_core import FrameLimitError, InputError, WeightsUnavailableError
+from vggt_core.chunks import chunk_size_for_memory, default_overlap
 from vggt_core.filtering import ViewSettings
 from vggt_core.input_screening import InputScreening, RejectedInput, input_problem
 from vggt_core.progress import ProgressRange
-from vggt_core.pipeline import decode_frames, gather_input_frames, is_video_file
+from vggt_core.pipeline import DecodedFrames, InputFrame, decode_frames, gather_input_frames, is_video_file
 from vggt_core.reconstruction import Reconstruction
 
-from .errors import user_message
+from .errors import user_message, warn_user
 from .renderer import ViewRenderer, settings_digest
-from .runtime.models import GPU_SLOT, ModelProvider, refine_cameras, run_model, run_tracking
+from .runtime.device_group import DeviceGroupStopped
+from .runtime.memory_estimate import estimate_for_frames
+from .runtime.models import (GPU_SLOT, ChunkLayout, ModelProvider, refine_cameras, run_model, run_refine_tracking,
+                             run_tracking, spaces_package)
 from .settings import AppSettings
 from .share_links import share_link, view_settings_from_query
 from .sky_masks import SkyMasks
@@ -165,33 +171,42 @@ class ReconstructionService:
         return self.start_reconstruction(files, fps, progress).wait()
 
     def start_reconstruction(self, files: Any, fps: float, progress: Callable[..., Any],
-                             refine: bool = False, request: Any = None) -> PendingSave:
+                             refine: bool = False, request: Any = None, chunk_size: int | None = None) -> PendingSave:
         """Run the model (and with ``refine`` track points and bundle-adjust the cameras) and hand
         the result to the store's writers. The id can be shown at once (from memory);
         :meth:`PendingSave.wait` before showing it as a share link. ``request``'s client is
-        rate-limited and its key recorded with the entry (see vggt_app.store.client_quota)."""
+        rate-limited and its key recorded with the entry (see vggt_app.store.client_quota).
+
+        ``chunk_size``: None runs the model once on all frames; a number runs it on overlapping
+        chunks of that many frames aligned into one scene ("Process in chunks"; 0: as many as
+        the memory estimate fits, the size the page's button offers). Not with ``refine``:
+        tracking runs the model on all frames at once.
+        """
         client = self.store.client_quota.admit(request, MODEL_RUN) if self.store.client_quota is not None else None
         screening = self.screen(files)
         paths = screening.usable
         if not paths:
             raise InputError(screening.rejected_sentence() + " Nothing left to reconstruct." if screening.rejected
                              else "Add some photos or a video first.")
+        if refine and chunk_size is not None:
+            raise InputError("Refining the cameras needs every frame in one run; it cannot be combined with chunks.")
         if screening.rejected:
             gr.Warning(user_message(f"Reconstructing the {len(paths)} usable file{'s' if len(paths) != 1 else ''}. "
                                     + screening.rejected_sentence()))
         progress(0.0, desc="Reading the inputs")
         frames = gather_input_frames(paths, fps=float(fps), max_frames=self.settings.max_frames)
+        chunks = None if chunk_size is None else self.chunk_layout(frames, int(chunk_size))
         decoded = decode_frames(frames)
         model_end = 0.6 if refine else 0.85
         started = time.perf_counter()
-        reconstruction = self.on_gpu(lambda model, frames=decoded: run_model(
-            model, frames, page_progress(progress, 0.1, model_end),
-            page_progress(progress, model_end, 0.72) if refine else None, self.settings.refine_tracks), progress)
+        reconstruction = self.run_forward(decoded, progress, model_end=model_end, refine=refine, chunks=chunks)
         seconds = time.perf_counter() - started
         del decoded
         metadata = {"seconds": round(seconds, 3), "checkpoint": self.settings.checkpoint,
                     "untrained": self.settings.is_untrained, "inputs": describe_inputs(paths),
                     "num_frames": reconstruction.num_frames}
+        if chunks is not None:
+            metadata["chunks"] = {"size": chunks.size, "overlap": chunks.overlap}
         if client is not None:
             metadata["client"] = client
         if refine:
@@ -199,8 +214,61 @@ class ReconstructionService:
             reconstruction, metadata["bundle_adjustment"] = refine_cameras(reconstruction)
         progress(0.87, desc="Saving the reconstruction")
         pending = self.store.save_async(reconstruction, metadata)
-        logger.info("reconstructed %d frames in %.1f s", reconstruction.num_frames, seconds)
+        logger.info("reconstructed %d frames in %.1f s%s", reconstruction.num_frames, seconds,
+                    f" in chunks of {chunks.size}" if chunks is not None else "")
         return pending
+
+    def chunk_layout(self, frames: Sequence[InputFrame], chunk_size: int) -> ChunkLayout:
+        """The chunks for ``frames``: ``chunk_size`` frames each (0: as many as the memory line's
+        estimate fits), overlapping by a quarter of a chunk (at least one frame)."""
+        if chunk_size == 0:
+            estimate = estimate_for_frames(frames, checkpoint=self.settings.checkpoint, device=self.settings.device,
+                                           on_zero_gpu=spaces_package() is not None)
+            fitting = chunk_size_for_memory(estimate)
+            if fitting is None:
+                raise FrameLimitError("Not even two frames fit in memory here, so chunks cannot help."
+                                      if estimate.fits is False else "This device gives no free-memory figure: "
+                                      "choose a chunk size (2 or more frames).")
+            chunk_size = fitting
+        if chunk_size < 2:
+            raise InputError(f"A chunk needs at least 2 frames, got {chunk_size}.")
+        return ChunkLayout(chunk_size, default_overlap(chunk_size))
+
+    def run_forward(self, decoded: DecodedFrames, progress: Callable[..., Any], *, model_end: float,
+                    refine: bool = False, chunks: ChunkLayout | None = None) -> Reconstruction:
+        """The model on ``decoded`` (progress from 0.1 to ``model_end``; tracking for ``refine``
+        after it, up to 0.72): on the device group while it works (and has a frame per device),
+        else on the in-process model. When the group stops (a worker died), the user is told and
+        the run is repeated on one device, as every later one will be."""
+        forward_progress = page_progress(progress, 0.1, model_end)
+        track_progress = page_progress(progress, model_end, 0.72) if refine else None
+        group = self.models.device_group
+        # Each device needs at least one frame of every run (a chunk, or all frames).
+        frames_per_run = min(len(decoded.names), chunks.size if chunks is not None else len(decoded.names))
+        if group is not None and group.is_usable and frames_per_run >= len(group.devices):
+            try:
+                recon = self._forward_on_group(decoded, forward_progress, chunks, progress)
+            except DeviceGroupStopped as stopped:
+                warn_user(str(stopped))
+            else:
+                if track_progress is None:
+                    return recon
+                # Tracking is not sharded: it runs on the in-process model.
+                return self.on_gpu(lambda model: run_refine_tracking(model, recon, self.settings.refine_tracks,
+                                                                      track_progress), progress)
+        return self.on_gpu(lambda model, frames=decoded: run_model(
+            model, frames, forward_progress, track_progress, self.settings.refine_tracks, chunks=chunks), progress)
+
+    def _forward_on_group(self, decoded: DecodedFrames, forward_progress: Callable[[float, str], None],
+                          chunks: ChunkLayout | None, progress: Callable[..., Any]) -> Reconstruction:
+        group = self.models.device_group
+        if not group.is_started:
+            progress(0.05, desc=f"Starting the workers on {', '.join(group.devices)} (first run only)")
+        # One forward at a time, as on one device: the group serves one job at a time, and the
+        # workers it starts inherit the forward thread's lower CPU priority.
+        return GPU_SLOT.run(lambda: group.run(lambda started: run_model(
+            started.model, decoded, forward_progress, chunks=chunks, check_memory=False)), on_wait=lambda: progress(
+                0.08, desc="Waiting for the GPU (another reconstruction is running)"))
 
     def on_gpu(self, work: Callable[[torch.nn.Module], Reconstruction], progress: Callable[..., Any]) -> Reconstruction:
         """``work(model)`` holding the GPU slot; the model is loaded first, outside it."""

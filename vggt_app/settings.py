@@ -32,6 +32,9 @@ class AppSettings:
 
     checkpoint: str = DEFAULT_CHECKPOINT
     device: str | None = None
+    # Two or more: the model's forward runs sharded over a device group, one worker process per
+    # device (vggt_app.runtime.device_group); empty: on ``device`` alone.
+    devices: tuple[str, ...] = ()
     host: str = "127.0.0.1"
     port: int = 7860
     share: bool = False
@@ -113,6 +116,32 @@ def _device(text: str) -> str | None:
     return text
 
 
+def _devices(text: str) -> tuple[str, ...] | None:
+    """``cuda:0,cuda:1`` (or ``cpu,cpu``), checked now; one device is no group: ``()``; empty or
+    ``auto``: None, the default (see :func:`default_devices`)."""
+    from vggt_core.device_group import parse_devices
+
+    if text.strip() in ("", "auto"):
+        return None
+    try:
+        return tuple(parse_devices(text))
+    except (ValueError, RuntimeError) as error:
+        raise argparse.ArgumentTypeError(str(error)) from error
+
+
+def default_devices(device: str | None) -> tuple[str, ...]:
+    """Without ``--devices``: every visible CUDA device when there are several and ``--device`` is
+    auto; else none (one device). Never on a Hugging Face Space: ZeroGPU forbids touching CUDA
+    outside a GPU call, and grants one GPU."""
+    from vggt_core.device_group import parse_devices
+
+    from .runtime.models import spaces_package
+
+    if device is not None or spaces_package() is not None:
+        return ()
+    return tuple(parse_devices(None))
+
+
 def _env_flag(value: str | None) -> bool:
     return (value or "").strip().lower() in ("1", "true", "yes", "on")
 
@@ -134,6 +163,12 @@ def build_arg_parser(environ: Mapping[str, str] | None = None) -> argparse.Argum
     parser.add_argument(
         "--device", type=_device, default=env.get("VGGT_DEVICE", "auto"),
         help="cuda, cuda:1, mps, cpu or auto [env VGGT_DEVICE; default auto: CUDA, then MPS, then CPU]")
+    parser.add_argument(
+        "--devices", type=_devices, default=env.get("VGGT_DEVICES") or None,
+        help="run each model forward sharded over these devices, one worker process each, with the same "
+             "result as one device: cuda:0,cuda:1 (cpu,cpu for tests); a worker that dies makes the server "
+             "go on with --device alone [env VGGT_DEVICES; default: every visible CUDA device when there "
+             "are several and --device is auto]")
     parser.add_argument(
         "--host", default=env.get("GRADIO_SERVER_NAME", defaults.host),
         help=f"address to listen on; 0.0.0.0 for every interface [env GRADIO_SERVER_NAME; default {defaults.host}]")
@@ -255,7 +290,8 @@ def _storage_location(text: str) -> str:
 def parse_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> AppSettings:
     args = build_arg_parser(environ).parse_args(argv)
     defaults_storage_dir = AppSettings.storage_dir
-    return AppSettings(checkpoint=args.checkpoint, device=args.device, host=args.host, port=args.port,
+    devices = args.devices if args.devices is not None else default_devices(args.device)
+    return AppSettings(checkpoint=args.checkpoint, device=args.device, devices=devices, host=args.host, port=args.port,
                        share=args.share, max_frames=args.max_frames, video_fps=args.video_fps,
                        storage_dir=(defaults_storage_dir if "://" in args.storage else Path(args.storage).expanduser()),
                        storage_url=args.storage if "://" in args.storage else None,

@@ -62,6 +62,9 @@ def summary_markdown(stored: StoredReconstruction, view: RenderedView) -> str:
     first_line = f"**{recon.num_frames} frames** at {width}×{height} px"
     if "seconds" in info:  # absent for reconstructions that were not made by this app's model run
         first_line += f" · reconstructed in {float(info['seconds']):.1f} s"
+    if info.get("chunks"):  # "Process in chunks": say so, the scene is aligned from separate runs
+        first_line += (f" in chunks of {int(info['chunks']['size'])} frames "
+                       f"(overlap {int(info['chunks']['overlap'])})")
     lines = [
         first_line,
         f"**{view.num_points:,} points shown** · {view.num_cameras} cameras · "

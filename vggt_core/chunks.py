@@ -31,6 +31,9 @@ __all__ = [
     "estimate_sim3",
     "align_chunks",
     "reconstruct_in_chunks",
+    "reconstruct_decoded_in_chunks",
+    "default_overlap",
+    "chunk_size_for_memory",
     "loop_closure_candidates",
 ]
 
@@ -588,8 +591,8 @@ def reconstruct_in_chunks(
             run of ``chunk_size`` frames, whatever ``S``.
         overlap: frames shared by consecutive chunks, ``1 ≤ overlap < chunk_size``.
         frames_chunk_size: frames decoded at once by the dense heads.
-        progress: ``progress(fraction, message)``; one stage per chunk ("chunk 2/5: frames
-            24–55"), then loop closure and merging.
+        progress: ``progress(fraction, message)``; one stage per chunk ("chunk 2 of 5 (frames
+            24-55): ..."), then loop closure and merging.
         frame_names, transforms: ``S`` names / :class:`FrameTransform`, as for ``reconstruct``.
         robust_loss: the IRLS weight of the chunk alignment, ``"huber"`` or ``"cauchy"``.
         loop_closure_pairs: optional global frame pairs ``(i, j)`` that see the same place
@@ -630,7 +633,7 @@ def reconstruct_in_chunks(
     chunks = []
     for index, (start, end) in enumerate(zip(plan.starts, plan.ends)):
         chunks.append(run_on(range(start, end), index,
-                             f"chunk {index + 1}/{plan.num_chunks} (frames {start + 1}-{end})"))
+                             f"chunk {index + 1} of {plan.num_chunks} (frames {start + 1}-{end})"))
     shared = [plan.ends[index] - plan.starts[index + 1] for index in range(plan.num_chunks - 1)]
 
     chunk_transforms = None
@@ -670,21 +673,44 @@ def _fit_run_to_chunk(run: Reconstruction, run_frames: Sequence[int], chunk: Rec
     return estimate_sim3(source, target, weights, robust_loss=robust_loss)[0]
 
 
+def default_overlap(chunk_size: int) -> int:
+    """Frames shared by consecutive chunks when none is asked for: a quarter of a chunk, at least one."""
+    return max(1, int(chunk_size) // 4)
+
+
+def chunk_size_for_memory(estimate) -> int | None:
+    """The most frames per chunk that fit by ``estimate`` (a
+    :class:`vggt_core.pipeline.MemoryEstimate` of all the frames): all of them when they fit.
+
+    None where the device gives no free-memory figure, or where not even two frames fit (a
+    chunk needs two to be aligned to its neighbour).
+    """
+    if estimate.fits is None:
+        return None
+    if estimate.fits:
+        return max(2, int(estimate.num_frames))
+    fitting = int(estimate.max_frames or 0)
+    return fitting if fitting >= 2 else None
+
+
 def reconstruct_decoded_in_chunks(model: torch.nn.Module, decoded, chunk_size: int, overlap: int, *,
                                   frames_chunk_size: int = 8, progress: ProgressCallback | None = None,
                                   loop_closure: bool = False,
-                                  loop_closure_pairs: Sequence[tuple[int, int]] | None = None) -> Reconstruction:
+                                  loop_closure_pairs: Sequence[tuple[int, int]] | None = None,
+                                  check_memory: bool = True) -> Reconstruction:
     """:func:`reconstruct_in_chunks` on frames from :func:`vggt_core.pipeline.decode_frames`, with
     the pipeline's memory check for one chunk and its bookkeeping (``info`` of the photos).
 
     ``loop_closure`` adds :func:`loop_closure_candidates` (meaningful only with trained weights)
-    to the given ``loop_closure_pairs``.
+    to the given ``loop_closure_pairs``. ``check_memory=False`` skips the memory check, for a
+    model that is not one module on one device (``DeviceGroup.model``).
     """
     from .pipeline import check_frames_fit_in_memory
 
     images = decoded.images
     height, width = images.shape[-2:]
-    check_frames_fit_in_memory(model, min(chunk_size, images.shape[0]), height, width, frames_chunk_size)
+    if check_memory:
+        check_frames_fit_in_memory(model, min(chunk_size, images.shape[0]), height, width, frames_chunk_size)
     pairs = list(loop_closure_pairs or [])
     if loop_closure:
         pairs += loop_closure_candidates(model, images, plan_chunks(images.shape[0], chunk_size, overlap))

@@ -233,9 +233,9 @@ def _run_model(model, frames, args: argparse.Namespace, progress):
     if not chunked:
         return reconstruct_frames(model, frames, mode=args.mode, frames_chunk_size=args.frames_chunk_size,
                                   progress=progress)
-    from .chunks import reconstruct_decoded_in_chunks
+    from .chunks import default_overlap, reconstruct_decoded_in_chunks
 
-    overlap = args.overlap if args.overlap is not None else max(1, args.chunk_size // 4)
+    overlap = args.overlap if args.overlap is not None else default_overlap(args.chunk_size)
     if args.chunk_size < 2 or overlap >= args.chunk_size:
         raise InputError(f"--chunk-size must be at least 2 and above --overlap, got {args.chunk_size} and {overlap}")
     progress(0.0, f"Preprocessing {len(frames)} frames")

@@ -221,6 +221,13 @@ class DeviceGroup:
                 raise DeviceGroupError(f"{cause} while reconstructing; the device group is closed: run on one "
                                        f"device instead.\n{payload}")
 
+    @property
+    def model(self) -> nn.Module:
+        """A module whose forward the workers compute, for code that takes a model (e.g.
+        :func:`vggt_core.pipeline.reconstruct_decoded` with ``check_memory=False``: it has no
+        weights of its own to count). It does not track points."""
+        return _GroupModel(self)
+
     def reconstruct(self, images: torch.Tensor, **kwargs):
         """:func:`vggt_core.reconstruct` with this group as the model (same keyword arguments,
         except ``query_points``). Returns the :class:`Reconstruction` of all frames."""

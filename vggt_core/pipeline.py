@@ -246,21 +246,23 @@ def decode_frames(frames: Sequence[InputFrame], *, mode: str = "crop") -> Decode
 
 def reconstruct_decoded(model: torch.nn.Module, decoded: DecodedFrames, *,
                         frames_chunk_size: int = DEFAULT_FRAMES_CHUNK_SIZE,
-                        progress: ProgressCallback | None = None) -> Reconstruction:
+                        progress: ProgressCallback | None = None, check_memory: bool = True) -> Reconstruction:
     """Run the model on frames from :func:`decode_frames` and collect the result.
 
     Raises ``FrameLimitError`` when the frames do not fit in the device's memory (checked
     before running, and on an out-of-memory error while running); its message says how many
-    frames would fit.
+    frames would fit. ``check_memory=False`` skips both, for a model that is not one module on
+    one device (``DeviceGroup.model``: its workers report their own failures).
     """
     images, num_frames = decoded.images, len(decoded.names)
     height, width = images.shape[-2:]
-    check_frames_fit_in_memory(model, num_frames, height, width, frames_chunk_size)
+    if check_memory:
+        check_frames_fit_in_memory(model, num_frames, height, width, frames_chunk_size)
     try:
         recon = reconstruct(model, images, frames_chunk_size=frames_chunk_size, progress=progress,
                             frame_names=decoded.names, transforms=decoded.transforms)
     except RuntimeError as error:  # torch.cuda.OutOfMemoryError is one too
-        if not _is_out_of_memory(error):
+        if not check_memory or not _is_out_of_memory(error):
             raise
         device, resident_weight_bytes, _ = _model_device_and_weight_bytes(model)
         if device.type == "cuda":

@@ -1,5 +1,6 @@
-"""The input column: photos or a video, the frames that will be reconstructed, the memory line,
-the refine option, the Reconstruct button, the examples, and opening a shared link."""
+"""The input column: photos or a video, the frames that will be reconstructed, the memory line
+(with "Process in chunks" when the frames do not fit), the refine option, the Reconstruct button,
+the examples, and opening a shared link."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 import gradio as gr
 
 from vggt_core import InputError
+from vggt_core.filtering import ViewSettings
 
 from ..errors import GENERIC_ERROR_MESSAGE, user_message
 from ..runtime.models import spaces_package
@@ -18,7 +20,7 @@ from ..service import ReconstructionService, SceneView
 from ..settings import APP_DIR
 from ..share_links import (DEFAULT_VIEW_SETTINGS, SHARE_QUERY_PARAMETER, reconstruction_id_from_text,
                            share_link_query)
-from ..store.entries import StoreError
+from ..store.entries import PendingSave, StoreError
 from ..view_controls import ViewControls
 from .memory import MemoryPanel
 from .tracks import REFINE_INFO, REFINE_LABEL
@@ -59,10 +61,11 @@ class InputsPanel:
         self.fps = gr.Slider(0.25, 10, value=settings.video_fps, step=0.25, label="Video frames per second",
                              info=f"Videos are sampled at this rate, at most {settings.max_frames} frames.")
         self.status = gr.Markdown(elem_id="input-status")
-        MemoryPanel(settings.max_frames, checkpoint=settings.checkpoint, device=settings.device,
-                    on_zero_gpu=spaces_package() is not None,
-                    file_paths=self.usable_paths,
-                    user_errors=self.user_errors).build_and_wire(self.files, self.fps)
+        self.memory = MemoryPanel(settings.max_frames, checkpoint=settings.checkpoint, device=settings.device,
+                                  on_zero_gpu=spaces_package() is not None,
+                                  file_paths=self.usable_paths,
+                                  user_errors=self.user_errors)
+        self.memory.build_and_wire(self.files, self.fps)
         self.gallery = gr.Gallery(label="Frames to reconstruct", columns=4, height=240, object_fit="cover",
                                   allow_preview=True, elem_id="input-gallery")
         self.refine = gr.Checkbox(value=False, label=REFINE_LABEL, info=REFINE_INFO, elem_id="refine-checkbox")
@@ -92,6 +95,20 @@ class InputsPanel:
         # Checked before the model runs, so bad controls cost no GPU time.
         settings = ViewControls.settings(view, num_frames=1, all_frames=True)
         pending = self.service.start_reconstruction(files, fps, progress, refine=bool(refine), request=request)
+        return self.show_when_saved(pending, settings, request, progress)
+
+    def reconstruct_in_chunks(self, files: Any, fps: float, chunk_size: float | None = 0, request: gr.Request = None,
+                              progress=gr.Progress(), **view: Any) -> dict:
+        """"Process in chunks": overlapping chunks of ``chunk_size`` frames (0: as many as fit),
+        aligned into one scene, stored and shown like any other."""
+        settings = ViewControls.settings(view, num_frames=1, all_frames=True)
+        pending = self.service.start_reconstruction(files, fps, progress, request=request,
+                                                    chunk_size=int(chunk_size or 0))
+        return self.show_when_saved(pending, settings, request, progress)
+
+    def show_when_saved(self, pending: PendingSave, settings: ViewSettings, request: gr.Request,
+                        progress: Any) -> dict:
+        """A new reconstruction's scene, returned once it is durable (its share link then works)."""
         progress(0.92, desc="Building the 3-D scene")  # while the writers save it
         scene = self.service.scene_view(pending.id, settings, self.viewer.page_url(request))
         progress(0.98, desc="Saving the reconstruction")
@@ -146,6 +163,13 @@ class InputsPanel:
                                       inputs_kwargs={**view, "refine": self.refine}, api_name="reconstruct",
                                       concurrency_limit=2, concurrency_id="reconstruct", scroll_to_output=True,
                                       show_progress_on=[self.viewer.viewer])
+        # Shown only when the memory line says the frames do not fit; the same outputs as Reconstruct.
+        self.memory.chunks_button.click(errors(self.reconstruct_in_chunks), [self.files, self.fps,
+                                                                             self.memory.chunk_size],
+                                        self.viewer.scene_outputs, inputs_kwargs=view,
+                                        api_name="reconstruct_in_chunks", concurrency_limit=2,
+                                        concurrency_id="reconstruct", scroll_to_output=True,
+                                        show_progress_on=[self.viewer.viewer])
         # Opened scenes also fill the upload box (appended to the API's outputs).
         opened_outputs = [*self.viewer.scene_outputs, self.files]
         self.open_button.click(errors(self.open_shared), [self.shared_link], opened_outputs,

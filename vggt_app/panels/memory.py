@@ -1,4 +1,5 @@
-"""Memory before running: the input preview's estimate line and the one-click "thin evenly" button.
+"""Memory before running: the input preview's estimate line, the one-click "thin evenly" button,
+and, when the frames do not fit, the "Process in chunks" button (wired by the inputs panel).
 
 The estimate is :func:`vggt_core.pipeline.estimate_memory`, the same one the out-of-memory guard
 applies when Reconstruct is pressed; here it runs on the photos' headers only, before any weights
@@ -7,42 +8,24 @@ are loaded.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import gradio as gr
 
 from vggt_core import FrameLimitError, InputError
-from vggt_core.config import VGGTConfig
+from vggt_core.chunks import chunk_size_for_memory
 from vggt_core.filtering import evenly_spaced_subset
-from vggt_core.memory import parameter_count
-from vggt_core.pipeline import (InputFrame, MemoryEstimate, estimate_memory_of_frames, gather_input_frames,
-                                is_video_file)
-from vggt_core.weights import resolve_device, resolve_model_config
+from vggt_core.pipeline import InputFrame, MemoryEstimate, gather_input_frames, is_video_file
+
+from ..runtime.memory_estimate import estimate_for_frames
 
 GIB = 2 ** 30
 MIN_VIDEO_FPS = 0.25  # the slider's lowest value and step
 
 
-@functools.lru_cache(maxsize=4)
-def _config_of_checkpoint(checkpoint: str) -> VGGTConfig:
-    # The config beside a local checkpoint (or random-tiny's, or VGGT-1B's for a Hub id not yet
-    # downloaded): read once per process, without loading the weights.
-    return resolve_model_config(checkpoint)
-
-
 def _device_name(device: str) -> str:
     return "the GPU" if device.startswith("cuda") else "Apple's GPU" if device.startswith("mps") else "the CPU"
-
-
-def estimate_for_frames(frames: Sequence[InputFrame], *, checkpoint: str, device: str | None,
-                        on_zero_gpu: bool = False) -> MemoryEstimate:
-    """The guard's estimate for ``frames`` on the app's device (no free-memory figure on ZeroGPU,
-    where CUDA must not be touched outside a GPU call)."""
-    config = _config_of_checkpoint(checkpoint)
-    target = resolve_device(device) if not on_zero_gpu else resolve_device("meta")
-    return estimate_memory_of_frames(config, frames, target, num_parameters=parameter_count(config))
 
 
 def memory_line(estimate: MemoryEstimate, frame_limit: int) -> tuple[str, int | None]:
@@ -64,6 +47,21 @@ def memory_line(estimate: MemoryEstimate, frame_limit: int) -> tuple[str, int | 
             return line + ". ⚠️ **Will not fit**, not even one frame: use smaller photos or another device.", None
         return line + f". ⚠️ **Will not fit**: about {target} frames would.", target
     return line + f". ⚠️ At most {frame_limit} frames per reconstruction here.", target
+
+
+def chunk_offer(estimate: MemoryEstimate, frame_limit: int) -> int | None:
+    """The chunk size to offer "Process in chunks" with, or None: only when the frames do not fit
+    (chunks are slower and approximate), they are within the frame limit (chunks do not lift
+    it), and at least two frames fit (a chunk needs two)."""
+    if estimate.fits is not False or estimate.num_frames > frame_limit:
+        return None
+    return chunk_size_for_memory(estimate)
+
+
+def chunks_button_update(chunk_size: int | None) -> Any:
+    if chunk_size is None:
+        return gr.Button(visible=False)
+    return gr.Button(f"Process in chunks of {chunk_size} frames", visible=True)
 
 
 def gather_without_limit(paths: Sequence[str], fps: float, frame_limit: int) -> list[InputFrame]:
@@ -114,21 +112,24 @@ class MemoryPanel:
         self.file_paths = file_paths
         self.user_errors = user_errors
 
-    def status(self, files: Any, fps: float) -> tuple[str, Any, int]:
-        """(memory line, thin button update, frames to thin to or 0)."""
+    def status(self, files: Any, fps: float) -> tuple[str, Any, int, Any]:
+        """(memory line, thin button update, frames to thin to or 0, "Process in chunks" button
+        update). The buttons are no API values: API clients get (line, frames to thin to)."""
         paths = self.file_paths(files)
+        hidden = gr.Button(visible=False)
         if not paths:
-            return "", gr.Button(visible=False), 0
+            return "", hidden, 0, hidden
         try:
             frames = gather_without_limit(paths, float(fps), self.frame_limit)
             estimate = estimate_for_frames(frames, checkpoint=self.checkpoint, device=self.device,
                                            on_zero_gpu=self.on_zero_gpu)
         except InputError:
-            return "", gr.Button(visible=False), 0  # the preview line already explains it
+            return "", hidden, 0, hidden  # the preview line already explains it
         line, target = memory_line(estimate, self.frame_limit)
+        chunks = chunks_button_update(chunk_offer(estimate, self.frame_limit))
         if target is None:
-            return line, gr.Button(visible=False), 0
-        return line, gr.Button(f"Thin evenly to {target} frames", visible=True), target
+            return line, hidden, 0, chunks
+        return line, gr.Button(f"Thin evenly to {target} frames", visible=True), target, chunks
 
     def thin(self, files: Any, fps: float, target: int) -> tuple[list[str], float]:
         paths = self.file_paths(files)
@@ -140,20 +141,26 @@ class MemoryPanel:
         return kept, new_fps
 
     def build_and_wire(self, input_files: gr.File, video_fps: gr.Slider) -> gr.Markdown:
-        """Place the line and the button (call inside the input column) and connect them."""
+        """Place the line and the buttons (call inside the input column) and connect them. The
+        inputs panel wires :attr:`chunks_button` and :attr:`chunk_size` (it shows the scene)."""
         line = gr.Markdown(elem_id="memory-status")
         button = gr.Button("Thin evenly", visible=False, size="sm", elem_id="thin-button")
         target = gr.Number(value=0, visible=False, precision=0, elem_id="thin-target")
+        self.chunks_button = gr.Button("Process in chunks", visible=False, size="sm", elem_id="chunks-button")
+        # 0: as many frames per chunk as fit (the server's estimate when the run starts, the
+        # same one that labels the button); API clients may give a size.
+        self.chunk_size = gr.Number(value=0, visible=False, precision=0, elem_id="chunk-size")
+        outputs = [line, button, target, self.chunks_button]
         status = self.user_errors(self.status)
-        input_files.change(status, [input_files, video_fps], [line, button, target], api_name="memory_preview",
+        input_files.change(status, [input_files, video_fps], outputs, api_name="memory_preview",
                            concurrency_limit=4)
-        video_fps.release(status, [input_files, video_fps], [line, button, target], api_visibility="private",
+        video_fps.release(status, [input_files, video_fps], outputs, api_visibility="private",
                           concurrency_limit=4)
         # Changing the files runs the preview and this line again, for the thinned input.
         button.click(self.user_errors(self.thin), [input_files, video_fps, target], [input_files, video_fps],
                      api_name="thin_inputs", concurrency_limit=4).then(
-            status, [input_files, video_fps], [line, button, target], api_visibility="private")
+            status, [input_files, video_fps], outputs, api_visibility="private")
         return line
 
 
-__all__ = ["MemoryPanel", "estimate_for_frames", "memory_line", "thinned_inputs"]
+__all__ = ["MemoryPanel", "chunk_offer", "estimate_for_frames", "memory_line", "thinned_inputs"]

@@ -1,8 +1,10 @@
-"""The model of a server process: loaded on first use, run one forward at a time.
+"""The model of a server process: loaded on first use, run one forward at a time; with
+``--devices``, also the device group that runs the forward over several devices
+(vggt_app.runtime.device_group).
 
 On a Hugging Face ZeroGPU Space a GPU is attached only inside functions decorated with
-``spaces.GPU``: :func:`run_model` and :func:`run_tracking` are those functions, and nothing
-else here touches the GPU.
+``spaces.GPU``: :func:`run_model`, :func:`run_refine_tracking` and :func:`run_tracking` are those
+functions, and nothing else here touches the GPU.
 """
 
 from __future__ import annotations
@@ -10,16 +12,19 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from vggt_core import load_model, resolve_device
+from vggt_core.chunks import reconstruct_decoded_in_chunks
 from vggt_core.pipeline import DecodedFrames, reconstruct_decoded
 from vggt_core.reconstruction import Reconstruction
 from vggt_core.tracks import DEFAULT_MAX_QUERY_POINTS, track_reconstruction
 
+from .device_group import ServerDeviceGroup
 from .model_worker import ModelWorker
 
 logger = logging.getLogger("vggt_app")
@@ -34,13 +39,23 @@ class ModelProvider:
 
     A lock makes concurrent first requests wait for one load instead of each loading 5 GB.
     A failed load is not remembered: the next request tries again (the network may be back).
+
+    With two or more ``devices`` the forward runs on :attr:`device_group` while it works; the
+    in-process model (on ``device``) is then loaded only when needed: tracking (not sharded), or
+    once the group stopped.
     """
 
-    def __init__(self, checkpoint: str, device: str | None = None):
+    def __init__(self, checkpoint: str, device: str | None = None, devices: Sequence[str] = ()):
         self.checkpoint = checkpoint
         self.device = device
         self._model: torch.nn.Module | None = None
         self._lock = threading.Lock()
+        self.device_group = ServerDeviceGroup(devices, checkpoint) if len(devices) > 1 else None
+
+    def close(self) -> None:
+        """Stop the device group's workers, if any (the server is exiting)."""
+        if self.device_group is not None:
+            self.device_group.close()
 
     @property
     def is_loaded(self) -> bool:
@@ -80,18 +95,46 @@ def on_zero_gpu(function: Callable) -> Callable:
     return spaces.GPU(duration=ZERO_GPU_DURATION_SECONDS)(function)
 
 
+@dataclass(frozen=True)
+class ChunkLayout:
+    """Run the model on overlapping chunks of ``size`` frames sharing ``overlap`` (vggt_core.chunks)."""
+
+    size: int
+    overlap: int
+
+
 @on_zero_gpu
 def run_model(model: torch.nn.Module, decoded: DecodedFrames, progress: Callable[[float, str], None],
               track_progress: Callable[[float, str], None] | None = None,
-              max_tracks: int = DEFAULT_MAX_QUERY_POINTS) -> Reconstruction:
+              max_tracks: int = DEFAULT_MAX_QUERY_POINTS, *, chunks: ChunkLayout | None = None,
+              check_memory: bool = True) -> Reconstruction:
     """The only GPU work: on ZeroGPU a GPU is attached for exactly this call. The frames are
-    decoded before, and the scene is built after, outside it. With ``track_progress`` the track
-    head also follows up to ``max_tracks`` points across the frames (for bundle adjustment, which
-    runs after, on the CPU)."""
-    recon = reconstruct_decoded(model, decoded, progress=progress)
+    decoded before, and the scene is built after, outside it. With ``chunks`` the model runs on
+    overlapping chunks, aligned into one scene (one progress stage per chunk). With
+    ``track_progress`` the track head also follows up to ``max_tracks`` points across the frames
+    (for bundle adjustment, which runs after, on the CPU). ``check_memory=False`` for a device
+    group's model (see ``reconstruct_decoded``)."""
+    if chunks is None:
+        recon = reconstruct_decoded(model, decoded, progress=progress, check_memory=check_memory)
+    else:
+        recon = reconstruct_decoded_in_chunks(model, decoded, chunks.size, chunks.overlap, progress=progress,
+                                              check_memory=check_memory)
     if track_progress is None:
         return recon
-    return track_reconstruction(model, recon, max_query_points=max_tracks, progress=track_progress)
+    return _track_for_refining(model, recon, max_tracks, track_progress)  # in the same GPU call
+
+
+@on_zero_gpu
+def run_refine_tracking(model: torch.nn.Module, recon: Reconstruction, max_tracks: int,
+                        progress: Callable[[float, str], None]) -> Reconstruction:
+    """Up to ``max_tracks`` automatic tracks for bundle adjustment (after a device group's forward,
+    which does not track, on the in-process model)."""
+    return _track_for_refining(model, recon, max_tracks, progress)
+
+
+def _track_for_refining(model: torch.nn.Module, recon: Reconstruction, max_tracks: int,
+                        progress: Callable[[float, str], None]) -> Reconstruction:
+    return track_reconstruction(model, recon, max_query_points=max_tracks, progress=progress)
 
 
 @on_zero_gpu
@@ -120,5 +163,5 @@ def refine_cameras(recon: Reconstruction) -> tuple[Reconstruction, dict[str, Any
 GPU_SLOT = ModelWorker()
 
 
-__all__ = ["GPU_SLOT", "ModelProvider", "ZERO_GPU_DURATION_SECONDS", "on_zero_gpu", "refine_cameras", "run_model",
-           "run_tracking", "spaces_package"]
+__all__ = ["GPU_SLOT", "ChunkLayout", "ModelProvider", "ZERO_GPU_DURATION_SECONDS", "on_zero_gpu", "refine_cameras",
+           "run_model", "run_refine_tracking", "run_tracking", "spaces_package"]
