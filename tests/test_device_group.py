@@ -48,3 +48,45 @@ def test_parse_devices():
             parse_devices("cuda:0,cuda:1")
     with pytest.raises(ValueError, match="CUDA or CPU"):
         parse_devices("cpu,meta")
+
+
+ORPHANED_GROUP = r'''
+import multiprocessing, sys, time
+from vggt_core import RANDOM_TINY_CHECKPOINT
+from vggt_core.device_group import DeviceGroup, checkpoint_loader
+group = DeviceGroup(["cpu", "cpu"], checkpoint_loader(RANDOM_TINY_CHECKPOINT))
+print("workers", *[child.pid for child in multiprocessing.active_children()], flush=True)
+time.sleep(600)
+'''
+
+
+def test_workers_exit_when_the_process_that_started_them_is_killed_outright():
+    """SIGKILL gives the parent no chance to stop its workers: they notice and exit by themselves."""
+    import subprocess
+    import sys
+    import time
+
+    parent = subprocess.Popen([sys.executable, "-c", ORPHANED_GROUP], stdout=subprocess.PIPE, text=True,
+                              cwd=Path(__file__).resolve().parents[1])
+    line = ""
+    while not line.startswith("workers"):
+        line = parent.stdout.readline()
+        assert line or parent.poll() is None, "the group did not start"
+    workers = [int(pid) for pid in line.split()[1:]]
+    assert len(workers) == 2
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+
+    def running(pid: int) -> bool:
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+        except FileNotFoundError:
+            return False
+
+    deadline = time.monotonic() + 30
+    while any(map(running, workers)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    still = [pid for pid in workers if running(pid)]
+    for pid in still:
+        os.kill(pid, signal.SIGKILL)
+    assert not still, f"workers {still} outlived their parent"

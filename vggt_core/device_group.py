@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime
 import functools
+import os
 import queue
 import socket
 import time
@@ -75,6 +76,10 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+# How often an idle worker checks that the process that started it is still there.
+_PARENT_CHECK_S = 2.0
+
+
 def _worker(rank: int, devices: list[str], init_method: str, loader: ModelLoader, jobs, results,
             timeout_s: float) -> None:
     """One rank: join the group, load the model, then run sharded forwards until told to stop."""
@@ -91,8 +96,16 @@ def _worker(rank: int, devices: list[str], init_method: str, loader: ModelLoader
                                 timeout=datetime.timedelta(seconds=timeout_s))
         model = loader(device)
         results.put((rank, "ready", None))
+        parent = os.getppid()
         while True:
-            job = jobs.get()
+            try:
+                job = jobs.get(timeout=_PARENT_CHECK_S)
+            except queue.Empty:
+                # A parent killed outright (SIGKILL) never sends the stop job: once this process
+                # has been re-parented, nobody will, so exit instead of waiting forever.
+                if os.getppid() != parent:
+                    break
+                continue
             if job is None:
                 break
             images, frames_chunk_size = job
