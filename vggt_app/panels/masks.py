@@ -140,7 +140,8 @@ class MasksPanel:
             mask_files = gr.File(label="Mask images (named like their photos)", file_count="multiple",
                                  file_types=["image"], elem_id="mask-files")
             apply_files = gr.Button("Apply uploaded masks", elem_id="masks-apply-files")
-            frame = gr.Dropdown([], label="Paint on frame", elem_id="mask-frame")
+            # Any label is accepted here and checked by the handler (API clients name frames directly).
+            frame = gr.Dropdown([], label="Paint on frame", allow_custom_value=True, elem_id="mask-frame")
             editor = gr.ImageEditor(label="Paint over what to leave out", type="numpy", image_mode="RGBA",
                                     format="png", sources=(), transforms=(), layers=False, height=360,
                                     brush=gr.Brush(colors=[BRUSH_COLOR], color_mode="fixed", default_size=12),
