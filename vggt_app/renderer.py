@@ -73,6 +73,9 @@ class ViewRenderer:
     # Fused meshes kept in memory for the downloads that follow a mesh view (up to ~15 MB each at
     # the default face budget): fusing takes seconds, the GLB alone cannot give the PLY back.
     MAX_MESHES = 2
+    # Fusions at once: each takes seconds of CPU and up to a few hundred MB (vggt_core.mesh caps
+    # its voxels), while view changes run 8 at a time.
+    MESH_FUSIONS_AT_ONCE = 2
 
     def __init__(self, root: Path, max_bytes: int = 1024 * 10**6, serve_grace_s: float = 10.0):
         self.root = root
@@ -81,6 +84,7 @@ class ViewRenderer:
         self._mesh_views: OrderedDict[tuple[str, str], RenderedMesh] = OrderedDict()
         self._meshes: OrderedDict[tuple[str, str], Mesh] = OrderedDict()
         self._lock = threading.Lock()
+        self._fusion_slots = threading.BoundedSemaphore(self.MESH_FUSIONS_AT_ONCE)
 
     def view(self, stored: StoredReconstruction, settings: ViewSettings) -> RenderedView:
         key, name = (stored.id, settings), f"view-{settings_digest(settings)}.glb"
@@ -119,7 +123,8 @@ class ViewRenderer:
             if mesh is not None:
                 self._meshes.move_to_end(key)
                 return mesh
-        mesh = fuse_depth_to_mesh(stored.reconstruction, settings, quality=quality, max_faces=DEFAULT_MAX_FACES)
+        with self._fusion_slots:
+            mesh = fuse_depth_to_mesh(stored.reconstruction, settings, quality=quality, max_faces=DEFAULT_MAX_FACES)
         with self._lock:
             self._meshes[key] = mesh
             while len(self._meshes) > self.MAX_MESHES:

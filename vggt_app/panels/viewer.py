@@ -112,10 +112,12 @@ class ViewerPanel:
             raise InputError("Tick at least one format to download.")
         return self.service.downloads(recon_id, view, formats, mesh_quality)
 
-    @staticmethod
-    def points_for_a_new_scene(recon_id: str) -> str:
-        """A newly shown scene arrives as points: the Show control says so again."""
-        return SHOW_POINTS
+    def mesh_for_a_new_scene(self, recon_id: str, request: gr.Request = None, *, show: str = SHOW_POINTS,
+                             **view: Any) -> dict:
+        """A newly shown scene arrives as points; while *Show* says Mesh, its mesh replaces them."""
+        if show != SHOW_MESH:
+            return gr.skip()
+        return self.update_view(recon_id, request, show=show, **view)
 
     # ---- wiring
 
@@ -140,8 +142,9 @@ class ViewerPanel:
                                     inputs_kwargs={**self.controls.inputs, "formats": self.download_formats,
                                                    "mesh_quality": self.mesh_quality},
                                     api_name="export", concurrency_limit=2)
-        self.recon_id_box.change(self.points_for_a_new_scene, [self.recon_id_box], [self.show],
-                                 api_visibility="private", show_progress="hidden")
+        self.recon_id_box.change(errors(self.mesh_for_a_new_scene), [self.recon_id_box], view_outputs,
+                                 inputs_kwargs=view_inputs, api_visibility="private", show_progress_on=[self.viewer],
+                                 concurrency_limit=8, concurrency_id="view")
 
 
 __all__ = ["DEFAULT_MESH_QUALITY", "SHOW_CHOICES", "ShowScene", "ViewerPanel"]
