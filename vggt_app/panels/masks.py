@@ -22,7 +22,7 @@ from vggt_core.masks import load_masks_for_reconstruction, with_frame_mask
 from vggt_core.reconstruction import Reconstruction
 
 from ..errors import user_message
-from ..store.entries import ReconstructionStore
+from ..store.entries import ReconstructionStore, StoredReconstruction
 from ..uploads import uploaded_file_paths
 from ..view_controls import ViewControls, frame_labels
 from .derived import save_derived
@@ -109,7 +109,9 @@ class MasksPanel:
         masked = with_frame_mask(recon, index, painted)
         return self._show_masked(stored, masked, f"mask painted on frame {index}", request, view)
 
-    def _show_masked(self, stored: Any, masked: Reconstruction, change: str, request: Any, view: dict) -> dict:
+    def _show_masked(self, stored: StoredReconstruction, masked: Reconstruction, change: str, request: Any,
+                     view: dict) -> dict:
+        """Store ``masked`` (made from ``stored``) as a derived entry and show it with its link."""
         if masked.exclusion_masks is None and stored.reconstruction.exclusion_masks is None:
             raise InputError("The masks leave nothing out (all black); nothing changed.")
         return self.show(save_derived(self.store, stored, masked, change, request), view, request)

@@ -40,14 +40,14 @@ class ViewerPanel:
         """The viewer column's components (call inside that column)."""
         self.viewer = gr.Model3D(label="3-D reconstruction", height=520, clear_color=(0.96, 0.96, 0.97, 1.0),
                                  elem_id="scene-viewer")
+        self.summary = gr.Markdown("Add photos or a video, then press **Reconstruct**.", elem_id="summary")
+        self.controls = ViewControls(sky_info=self.service.sky.checkbox_info())
         with gr.Row():
             self.show = gr.Radio(SHOW_CHOICES, value=SHOW_POINTS, label="Show", elem_id="show-radio",
                                  info="Mesh: the depth maps of all frames fused into a surface (takes seconds).")
             self.mesh_quality = gr.Dropdown(list(MESH_QUALITIES), value=DEFAULT_MESH_QUALITY, label="Mesh quality",
                                             info="Finer is slower; the mesh downloads use it too.",
                                             elem_id="mesh-quality")
-        self.summary = gr.Markdown("Add photos or a video, then press **Reconstruct**.", elem_id="summary")
-        self.controls = ViewControls(sky_info=self.service.sky.checkbox_info())
         self.share_box = gr.Textbox(label="Share link", interactive=False, buttons=["copy"],
                                     placeholder="Appears after a reconstruction", elem_id="share-link")
         with gr.Accordion("Downloads", open=False):
