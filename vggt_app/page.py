@@ -85,6 +85,7 @@ def build_page(service: ReconstructionService) -> gr.Blocks:
                           TracksPanel(service.store, viewer.show_scene, show_user_errors, service.track),
                           MasksPanel(service.store, viewer.show_scene, show_user_errors)):
                 panel.build_and_wire(viewer.recon_id_box, viewer.controls, viewer.scene_outputs)
+        viewer.wire_new_scene_view()
     return demo
 
 

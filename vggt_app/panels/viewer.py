@@ -142,9 +142,16 @@ class ViewerPanel:
                                     inputs_kwargs={**self.controls.inputs, "formats": self.download_formats,
                                                    "mesh_quality": self.mesh_quality},
                                     api_name="export", concurrency_limit=2)
-        self.recon_id_box.change(errors(self.mesh_for_a_new_scene), [self.recon_id_box], view_outputs,
-                                 inputs_kwargs=view_inputs, api_visibility="private", show_progress_on=[self.viewer],
-                                 concurrency_limit=8, concurrency_id="view")
+
+    def wire_new_scene_view(self) -> None:
+        """While *Show* says Mesh, a newly shown scene's mesh replaces its points. Wired after the
+        other panels: their resets on a new id must run first (the Measure panel's reads the id
+        it has just rescaled; a dependency registered before it changes what it reads)."""
+        view_inputs = {**self.controls.inputs, "show": self.show, "mesh_quality": self.mesh_quality}
+        self.recon_id_box.change(self.user_errors(self.mesh_for_a_new_scene), [self.recon_id_box],
+                                 [self.viewer, self.summary, self.share_box], inputs_kwargs=view_inputs,
+                                 api_visibility="private", show_progress_on=[self.viewer], concurrency_limit=8,
+                                 concurrency_id="view")
 
 
 __all__ = ["DEFAULT_MESH_QUALITY", "SHOW_CHOICES", "ShowScene", "ViewerPanel"]
