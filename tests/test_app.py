@@ -128,10 +128,11 @@ def test_reconstruct_returns_scene_depth_maps_and_share_link(reconstructed, runn
     assert len(clouds) == 1 and len(clouds[0].vertices) == points_shown(summary) > 0
     assert len(frustums) == 3
 
-    # Input, depth and confidence image per view, in view order.
+    # Input, depth, confidence and normal image per view, in view order.
     captions = [item["caption"] for item in reconstructed["depth_gallery"]]
-    assert captions[:3] == ["0: view_0.png · input", "0: view_0.png · depth", "0: view_0.png · confidence"]
-    assert len(captions) == 9
+    assert captions[:4] == ["0: view_0.png · input", "0: view_0.png · depth", "0: view_0.png · confidence",
+                            "0: view_0.png · normal"]
+    assert len(captions) == 12
 
     assert reconstructed["frames"]["choices"][0][0] == "All"
     assert [choice[0] for choice in reconstructed["frames"]["choices"][1:]] == [
@@ -202,7 +203,7 @@ def test_share_link_reopens_the_same_scene_in_a_new_session(running_app, reconst
         glb_path, summary, gallery, frames, recon_id = outputs[:5]
         assert recon_id == reconstructed["id"]
         assert summary == reconstructed["summary"]
-        assert len(gallery) == 9 and frames == reconstructed["frames"]
+        assert len(gallery) == 12 and frames == reconstructed["frames"]
         scene = trimesh.load(glb_path, file_type="glb", force="scene")
         assert len(scene.geometry["points"].vertices) == points_shown(summary)
 

@@ -69,7 +69,7 @@ def test_mixed_upload_one_progress_bar_and_a_mistake_keeps_the_scene(browser, ru
     share_box = page.locator("#share-link textarea, #share-link input").first
     link, summary = share_box.input_value(), summary_text(page)
     gallery_images = page.locator("#depth-gallery img").count()
-    assert link and gallery_images == 6  # input, depth and confidence of both frames
+    assert link and gallery_images == 8  # input, depth, confidence and normals of both frames
 
     # 6. A mistake: EXIF focal lengths on PNGs (which have none). A toast says so ...
     page.locator("#camera-panel").get_by_text("Camera: known focal length").click()

@@ -16,6 +16,7 @@ from .store.entries import ReconstructionStore
 from .summary import untrained_banner_html
 from .panels.camera import CameraPanel
 from .panels.inputs import InputsPanel
+from .panels.masks import MasksPanel
 from .panels.measure import MeasurePanel
 from .panels.tracks import TracksPanel
 from .panels.viewer import ViewerPanel
@@ -75,15 +76,17 @@ def build_page(service: ReconstructionService) -> gr.Blocks:
                 inputs.build()
             with gr.Column(scale=3, min_width=400):
                 viewer.build()
-                panels_slot = gr.Column()  # Measure, Camera and Tracks, placed once the gallery exists
+                panels_slot = gr.Column()  # Measure, Camera, Tracks and Masks, placed once the gallery exists
         viewer.build_gallery()
         viewer.wire()
         inputs.wire(demo)
         with panels_slot:
             for panel in (MeasurePanel(service.store, viewer.show_scene, show_user_errors),
                           CameraPanel(service.store, viewer.show_scene, show_user_errors),
-                          TracksPanel(service.store, viewer.show_scene, show_user_errors, service.track)):
+                          TracksPanel(service.store, viewer.show_scene, show_user_errors, service.track),
+                          MasksPanel(service.store, viewer.show_scene, show_user_errors)):
                 panel.build_and_wire(viewer.recon_id_box, viewer.controls, viewer.scene_outputs)
+        viewer.wire_new_scene_view()
     return demo
 
 

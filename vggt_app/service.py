@@ -38,7 +38,7 @@ from vggt_core.pipeline import DecodedFrames, InputFrame, decode_frames, gather_
 from vggt_core.reconstruction import Reconstruction
 
 from .errors import user_message, warn_user
-from .renderer import ViewRenderer, settings_digest
+from .renderer import RenderedMesh, ViewRenderer, settings_digest
 from .runtime.device_group import DeviceGroupStopped
 from .runtime.memory_estimate import estimate_for_frames
 from .runtime.models import (GPU_SLOT, ChunkLayout, ModelProvider, refine_cameras, run_model, run_refine_tracking,
@@ -57,6 +57,15 @@ from .view_controls import ViewControls, frame_choices
 logger = logging.getLogger("vggt_app")
 
 SKY_SHOWN_LINE = "The sky is shown: the sky-segmentation model is not available on this server."
+# What the viewer shows: the point cloud, or the mesh fused from the depth maps.
+SHOW_POINTS, SHOW_MESH = "points", "mesh"
+
+
+def mesh_line(mesh: RenderedMesh) -> str:
+    """The summary's line about a shown mesh."""
+    return (f"**Mesh shown**: {mesh.num_faces:,} faces, {mesh.num_vertices:,} vertices, fused from the depth maps "
+            f"of all frames ({mesh.quality} quality, voxel {mesh.voxel_size:.3g}); the point count above is the "
+            "point view's.")
 
 
 def page_progress(progress: Callable[..., Any], start: float, end: float) -> ProgressRange:
@@ -382,28 +391,44 @@ class ReconstructionService:
 
         threading.Thread(target=load, name="store-prefetch", daemon=True).start()
 
-    def view_update(self, recon_id: str, view: Mapping[str, Any], page_url: str) -> ViewUpdate:
-        """The viewer's GLB, the summary and the share link after a view control changed."""
+    def view_update(self, recon_id: str, view: Mapping[str, Any], page_url: str, *, show: str = SHOW_POINTS,
+                    mesh_quality: str | None = None) -> ViewUpdate:
+        """The viewer's GLB, the summary and the share link after a view control changed; with
+        ``show="mesh"`` the GLB is the mesh fused at ``mesh_quality`` from the pixels the view keeps.
+
+        Raises:
+            MeshError: no mesh can be fused (one frame, nothing passes the filters).
+        """
+        if show not in (SHOW_POINTS, SHOW_MESH):
+            raise InputError(f"Unknown view {show!r}; choose {SHOW_POINTS!r} or {SHOW_MESH!r}.")
         stored = self.store.load(recon_id)
         asked = self.view_settings(stored, view)
         settings = self.sky.apply(stored, asked)
         rendered = self.renderer.view(stored, settings)
         summary = summary_markdown(stored, rendered)
+        glb_path = rendered.glb_path
+        if show == SHOW_MESH:
+            mesh = self.renderer.mesh_view(stored, settings, mesh_quality)
+            glb_path = mesh.glb_path
+            summary += "  \n" + mesh_line(mesh)
         if asked.hide_sky and not settings.hide_sky:
             summary += "  \n" + SKY_SHOWN_LINE
-        return ViewUpdate(str(rendered.glb_path), summary,
+        return ViewUpdate(str(glb_path), summary,
                           share_link(page_url, stored.id, settings, is_refined(stored.reconstruction)),
                           sky_refused=asked.hide_sky and not settings.hide_sky)
 
-    def downloads(self, recon_id: str, view: Mapping[str, Any], formats: Sequence[str] | None = None) -> list[str]:
+    def downloads(self, recon_id: str, view: Mapping[str, Any], formats: Sequence[str] | None = None,
+                  mesh_quality: str | None = None) -> list[str]:
         """The download files of ``formats`` (names of ``vggt_core.export.EXPORTERS``; None: the
-        default ones) for the current view."""
+        default ones) for the current view; the mesh formats at ``mesh_quality`` (None: standard)."""
         stored = self.store.load(recon_id)
         settings = self.sky.apply(stored, self.view_settings(stored, view))
-        return self.renderer.downloads(stored, functools.partial(self.store.copy_npz, recon_id), settings, formats)
+        return self.renderer.downloads(stored, functools.partial(self.store.copy_npz, recon_id), settings, formats,
+                                       mesh_quality or "standard")
 
     def expiry_note(self, stored: StoredReconstruction) -> str:
         return expiry_text(datetime.fromtimestamp(self.store.expires_at(stored), tz=timezone.utc))
 
 
-__all__ = ["ReconstructionService", "SceneView", "ViewUpdate", "page_progress"]
+__all__ = ["SHOW_MESH", "SHOW_POINTS", "ReconstructionService", "SceneView", "ViewUpdate", "mesh_line",
+           "page_progress"]

@@ -1,5 +1,6 @@
-"""The viewer column: the 3-D scene, its summary, the view controls, the share link and the
-downloads; and the per-view gallery (input, depth, confidence) under the page.
+"""The viewer column: the 3-D scene (points, or the mesh fused from the depth maps), its summary,
+the view controls, the share link and the downloads; and the per-view gallery (input, depth,
+confidence, normals) under the page.
 
 :class:`ViewerPanel` also turns a :class:`~vggt_app.service.SceneView` into the updates of every
 output a newly shown scene sets (:attr:`ViewerPanel.scene_outputs`), for the other panels too.
@@ -14,12 +15,16 @@ import gradio as gr
 
 from vggt_core import InputError
 from vggt_core.export import EXPORTERS, default_export_formats
+from vggt_core.mesh import MESH_QUALITIES
 
-from ..service import ReconstructionService, SceneView
+from ..service import SHOW_MESH, SHOW_POINTS, ReconstructionService, SceneView
 from ..view_controls import ViewControls
 
 # (id, the view controls' values by name, request) -> the scene outputs' updates.
 ShowScene = Callable[[str, Mapping[str, Any], Any], dict]
+
+SHOW_CHOICES = [("Points", SHOW_POINTS), ("Mesh", SHOW_MESH)]
+DEFAULT_MESH_QUALITY = "standard"
 
 
 class ViewerPanel:
@@ -37,6 +42,12 @@ class ViewerPanel:
                                  elem_id="scene-viewer")
         self.summary = gr.Markdown("Add photos or a video, then press **Reconstruct**.", elem_id="summary")
         self.controls = ViewControls(sky_info=self.service.sky.checkbox_info())
+        with gr.Row():
+            self.show = gr.Radio(SHOW_CHOICES, value=SHOW_POINTS, label="Show", elem_id="show-radio",
+                                 info="Mesh: the depth maps of all frames fused into a surface (takes seconds).")
+            self.mesh_quality = gr.Dropdown(list(MESH_QUALITIES), value=DEFAULT_MESH_QUALITY, label="Mesh quality",
+                                            info="Finer is slower; the mesh downloads use it too.",
+                                            elem_id="mesh-quality")
         self.share_box = gr.Textbox(label="Share link", interactive=False, buttons=["copy"],
                                     placeholder="Appears after a reconstruction", elem_id="share-link")
         with gr.Accordion("Downloads", open=False):
@@ -51,8 +62,9 @@ class ViewerPanel:
 
     def build_gallery(self) -> None:
         """The per-view gallery (call where it should appear: under the columns)."""
-        self.gallery = gr.Gallery(label="Per view: input, depth (near = warm), confidence (bright = sure)",
-                                  columns=6, height="auto", object_fit="contain", elem_id="depth-gallery")
+        self.gallery = gr.Gallery(label="Per view: input, depth (near = warm), confidence (bright = sure), "
+                                        "normals (facing the camera = light blue)",
+                                  columns=8, height="auto", object_fit="contain", elem_id="depth-gallery")
 
     @property
     def scene_outputs(self) -> list[gr.components.Component]:
@@ -76,10 +88,13 @@ class ViewerPanel:
     # ---- handlers
 
     def update_view(self, recon_id: str, request: gr.Request = None, *, may_untick_sky: bool = False,
-                    **view: Any) -> dict:
+                    show: str = SHOW_POINTS, mesh_quality: str = DEFAULT_MESH_QUALITY, **view: Any) -> dict:
+        """Re-render the viewer (points, or the mesh with ``show="mesh"``), the summary and the link.
+        A mesh that cannot be fused raises its message: the page keeps the previous scene."""
         if not recon_id:
             return gr.skip()  # nothing reconstructed yet
-        update = self.service.view_update(recon_id, view, self.page_url(request))
+        update = self.service.view_update(recon_id, view, self.page_url(request), show=show or SHOW_POINTS,
+                                          mesh_quality=mesh_quality)
         outputs = {self.viewer: update.glb_path, self.summary: update.summary, self.share_box: update.share_link}
         if update.sky_refused and may_untick_sky:
             outputs[self.controls.hide_sky] = False  # only the control that failed changes
@@ -89,12 +104,20 @@ class ViewerPanel:
         """:meth:`update_view` that may also untick "Hide sky" (when the sky model is missing)."""
         return self.update_view(recon_id, request, may_untick_sky=True, **view)
 
-    def prepare_downloads(self, recon_id: str, formats: list[str] | None = None, **view: Any) -> list[str]:
+    def prepare_downloads(self, recon_id: str, formats: list[str] | None = None,
+                          mesh_quality: str = DEFAULT_MESH_QUALITY, **view: Any) -> list[str]:
         if not recon_id:
             raise InputError("Reconstruct something first; then its files can be downloaded.")
         if formats is not None and not formats:
             raise InputError("Tick at least one format to download.")
-        return self.service.downloads(recon_id, view, formats)
+        return self.service.downloads(recon_id, view, formats, mesh_quality)
+
+    def mesh_for_a_new_scene(self, recon_id: str, request: gr.Request = None, *, show: str = SHOW_POINTS,
+                             **view: Any) -> dict:
+        """A newly shown scene arrives as points; while *Show* says Mesh, its mesh replaces them."""
+        if show != SHOW_MESH:
+            return gr.skip()
+        return self.update_view(recon_id, request, show=show, **view)
 
     # ---- wiring
 
@@ -102,20 +125,33 @@ class ViewerPanel:
         errors = self.user_errors
         confidence = self.controls.confidence
         view_outputs = [self.viewer, self.summary, self.share_box]
-        for control in self.controls.components:
+        # After the view controls in the API (older clients leave them out: points, standard).
+        view_inputs = {**self.controls.inputs, "show": self.show, "mesh_quality": self.mesh_quality}
+        for control in [*self.controls.components, self.show, self.mesh_quality]:
             is_sky = control is self.controls.hide_sky
             # always_last: while a slider is dragged only the final position is rendered.
             control.change(errors(self.update_view_from_sky_checkbox if is_sky else self.update_view),
                            [self.recon_id_box], view_outputs + ([control] if is_sky else []),
-                           inputs_kwargs=self.controls.inputs,
+                           inputs_kwargs=view_inputs,
                            api_name="update_view" if control is confidence else None,
                            api_visibility="public" if control is confidence else "private",
                            trigger_mode="always_last", show_progress_on=[self.viewer], concurrency_limit=8,
                            concurrency_id="view")
         # The formats come after the view controls in the API (older clients may leave them out).
         self.downloads_button.click(errors(self.prepare_downloads), [self.recon_id_box], [self.downloads],
-                                    inputs_kwargs={**self.controls.inputs, "formats": self.download_formats},
+                                    inputs_kwargs={**self.controls.inputs, "formats": self.download_formats,
+                                                   "mesh_quality": self.mesh_quality},
                                     api_name="export", concurrency_limit=2)
 
+    def wire_new_scene_view(self) -> None:
+        """While *Show* says Mesh, a newly shown scene's mesh replaces its points. Wired after the
+        other panels: their resets on a new id must run first (the Measure panel's reads the id
+        it has just rescaled; a dependency registered before it changes what it reads)."""
+        view_inputs = {**self.controls.inputs, "show": self.show, "mesh_quality": self.mesh_quality}
+        self.recon_id_box.change(self.user_errors(self.mesh_for_a_new_scene), [self.recon_id_box],
+                                 [self.viewer, self.summary, self.share_box], inputs_kwargs=view_inputs,
+                                 api_visibility="private", show_progress_on=[self.viewer], concurrency_limit=8,
+                                 concurrency_id="view")
 
-__all__ = ["ShowScene", "ViewerPanel"]
+
+__all__ = ["DEFAULT_MESH_QUALITY", "SHOW_CHOICES", "ShowScene", "ViewerPanel"]

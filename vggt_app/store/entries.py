@@ -57,8 +57,11 @@ INCOMPLETE_ENTRY_GRACE_SECONDS = 3600.0
 # so an entry deleted by another server stops being served here within that time.
 MEMORY_RECHECK_SECONDS = 30.0
 # metadata["entry_format"]: absent (1) for a full copy in reconstruction.npz; 2 for a derived
-# entry that stores its differences from metadata["parent"] in derived.npz.
-DELTA_ENTRY_FORMAT = 2
+# entry that stores its differences from metadata["parent"] in derived.npz; 3 the same with
+# derived.npz compressed: a user's masks ([S, H, W] bools, mostly runs of False) are megabytes
+# as raw bytes and a few kilobytes deflated. Both load (np.load reads either kind of npz).
+DELTA_ENTRY_FORMAT = 3
+DELTA_ENTRY_FORMATS = (2, 3)
 _DELTA_SCALE_KEY = "__delta_scale_ratio__"
 _DELTA_REMOVED_KEY = "__delta_removed__"
 
@@ -82,6 +85,11 @@ class StoreBusyError(StoreUnavailableError):
 
 def is_valid_reconstruction_id(text: object) -> bool:
     return isinstance(text, str) and RECONSTRUCTION_ID_PATTERN.fullmatch(text) is not None
+
+
+def is_derived_metadata(metadata: Mapping[str, Any]) -> bool:
+    """Whether a manifest describes a derived entry (any delta format this code reads)."""
+    return metadata.get("entry_format") in DELTA_ENTRY_FORMATS
 
 
 def check_attachment_name(name: object) -> str:
@@ -289,7 +297,7 @@ class ReconstructionStore:
         if parent is not None:
             delta = delta_arrays(parent.reconstruction, stored.reconstruction)
             with self.storage.open_write(stored.id, self.DELTA_FILE) as handle:
-                np.savez(handle, **delta)
+                np.savez_compressed(handle, **delta)  # DELTA_ENTRY_FORMAT 3
         else:
             with self.storage.open_write(stored.id, self.RECONSTRUCTION_FILE) as handle:
                 stored.reconstruction.save(handle)
@@ -493,7 +501,7 @@ class ReconstructionStore:
     def _is_derived_entry(self, recon_id: str) -> bool:
         known = self._known(recon_id)
         metadata = known.metadata if known is not None else self._read_metadata(recon_id)
-        return metadata.get("entry_format") == DELTA_ENTRY_FORMAT
+        return is_derived_metadata(metadata)
 
     def npz_path(self, recon_id: str, timeout_s: float = 30.0) -> Path:
         """The stored ``.npz`` of an id on the local disk, once it is written (waits at most
@@ -524,7 +532,7 @@ class ReconstructionStore:
 
     def _read(self, recon_id: str) -> StoredReconstruction:
         metadata = self._read_metadata(recon_id)
-        derived = metadata.get("entry_format") == DELTA_ENTRY_FORMAT
+        derived = is_derived_metadata(metadata)
         try:
             data = self.storage.read_bytes(recon_id, self.DELTA_FILE if derived else self.RECONSTRUCTION_FILE)
         except FileNotFoundError as error:
@@ -626,7 +634,7 @@ class ReconstructionStore:
                 logger.warning("skipping stored reconstruction %s while pruning (%s)", recon_id, error)
                 unknown_bytes += size
                 continue
-            parent = metadata.get("parent") if metadata.get("entry_format") == DELTA_ENTRY_FORMAT else None
+            parent = metadata.get("parent") if is_derived_metadata(metadata) else None
             entries[recon_id] = _PruneEntry(recon_id, float(metadata["created_at"]), size,
                                             metadata.get("client"), parent if isinstance(parent, str) else None)
         plan = _PrunePlan(entries, unknown_bytes)
