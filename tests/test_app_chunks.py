@@ -95,7 +95,7 @@ def test_a_chunked_run_is_one_stored_scene_with_a_share_link_that_opens(running_
     outputs, progress = run.outputs, run.progress
     glb, summary, depth_gallery, _, recon_id, share, downloads = outputs[:7]
     assert "**4 frames**" in summary and "in chunks of 2 frames (overlap 1)" in summary
-    assert Path(glb).is_file() and len(depth_gallery) == 3 * 4 and downloads is None
+    assert Path(glb).is_file() and len(depth_gallery) == 4 * 4 and downloads is None  # input, depth, confidence, normals of 4 frames
     chunk_stages = [message for message in progress if message.startswith("Chunk ")]
     for number in (1, 2, 3):
         assert any(message.startswith(f"Chunk {number} of 3") for message in chunk_stages), progress
