@@ -17,7 +17,7 @@ from gradio_client.exceptions import AppError
 from PIL import Image
 
 import vggt_app.share_links
-from app_fixtures import launch_test_app
+from app_fixtures import launch_test_app, predict_with_updates
 from vggt_app.store.entries import DELTA_ENTRY_FORMAT, ReconstructionStore
 from vggt_core.filtering import ViewSettings, select_points
 from vggt_core.reconstruction import reconstruction_from_synthetic_scene
@@ -115,6 +115,12 @@ def test_a_one_frame_scene_says_why_it_has_no_mesh(client, server):
         client.predict(one_frame, *VIEW, "mesh", "draft", api_name="/update_view")
     with pytest.raises(AppError, match="ultra"):  # not among the choices
         client.predict(one_frame, *VIEW, "mesh", "ultra", api_name="/update_view")
+    # Downloads with a mesh format among others: the others come, the mesh is left out with a note.
+    run = predict_with_updates(client, one_frame, *VIEW, ["ply", "mesh"], "draft", api_name="/export")
+    assert [Path(path).name for path in run.outputs] == ["points.ply"]
+    assert any("No mesh in the downloads" in message and "frame" in message for message in run.messages), run.messages
+    with pytest.raises(AppError, match="frame"):  # only mesh formats: nothing to give, the reason
+        client.predict(one_frame, *VIEW, ["mesh", "mesh-ply"], "draft", api_name="/export")
 
 
 # ---- normal maps

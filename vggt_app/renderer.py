@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from vggt_core.depth_maps import colorize_confidence_maps, colorize_depth_maps
-from vggt_core.errors import InputError
+from vggt_core.errors import InputError, MeshError
 from vggt_core.export import EXPORTERS, ExportRequest, default_export_formats, export_glb
 from vggt_core.export.mesh import export_mesh_glb
 from vggt_core.filtering import ViewSettings
@@ -177,14 +177,17 @@ class ViewRenderer:
 
     def downloads(self, stored: StoredReconstruction, npz_source: Callable[[Path], Path],
                   settings: ViewSettings, formats: Sequence[str] | None = None,
-                  mesh_quality: str = MeshQuality.STANDARD.value) -> list[str]:
+                  mesh_quality: str = MeshQuality.STANDARD.value,
+                  on_left_out: Callable[[str], None] | None = None) -> list[str]:
         """One file per export format of the registry (``vggt_core.export.EXPORTERS``; by default
         its default formats) for the current view: each format's own download file.
 
         ``npz_source(path)`` puts the stored ``.npz`` at ``path`` (the store links or copies it):
         one ``.npz`` per reconstruction is shared by every view's bundle. The points are selected
         once for all the formats of a bundle; the mesh formats take the mesh at ``mesh_quality``
-        (the one the viewer showed, from memory when it is still there).
+        (the one the viewer showed, from memory when it is still there). A scene that gives no
+        mesh still gets its other formats: the mesh formats are left out and ``on_left_out``
+        gets the reason (with only mesh formats asked for, the ``MeshError`` is raised).
         """
         names = list(default_export_formats() if formats is None else formats)
         unknown = [name for name in names if name not in EXPORTERS]
@@ -199,7 +202,15 @@ class ViewRenderer:
         if not all(self.cache.get(stored.id, file) for file in files.values()):
             self.cache.require_room()  # a new bundle may push the cap over, never a second one
         missing_mesh = any(name in MESH_FORMATS and not self.cache.get(stored.id, files[name]) for name in names)
-        mesh = self.mesh(stored, settings, mesh_quality) if missing_mesh else None
+        mesh = None
+        if missing_mesh:
+            try:
+                mesh = self.mesh(stored, settings, mesh_quality)
+            except MeshError as error:
+                if all(name in MESH_FORMATS for name in names) or on_left_out is None:
+                    raise
+                files = {name: file for name, file in files.items() if name not in MESH_FORMATS}
+                on_left_out(f"No mesh in the downloads: {error}")
         request = ExportRequest(stored.reconstruction, settings, durable=False, mesh_quality=mesh_quality,
                                 mesh_max_faces=DEFAULT_MAX_FACES, mesh=mesh)
         for name, file in files.items():

@@ -424,7 +424,8 @@ class ReconstructionService:
         stored = self.store.load(recon_id)
         settings = self.sky.apply(stored, self.view_settings(stored, view))
         return self.renderer.downloads(stored, functools.partial(self.store.copy_npz, recon_id), settings, formats,
-                                       mesh_quality or "standard")
+                                       mesh_quality or "standard",
+                                       on_left_out=lambda reason: warn_user(reason, sticky=False))
 
     def expiry_note(self, stored: StoredReconstruction) -> str:
         return expiry_text(datetime.fromtimestamp(self.store.expires_at(stored), tz=timezone.utc))
