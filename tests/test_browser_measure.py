@@ -51,8 +51,11 @@ def test_measure_two_points_and_rescale(browser, running_app, synthetic_photos):
     link = share_box.input_value()
     page.screenshot(path=SCREENSHOTS / "measure-2-rescaled.png", full_page=True)
 
-    # The panel starts over for the rescaled scene; measuring the same two pixels now reads 1.5 m.
-    result.get_by_text("Click a first point").wait_for(timeout=UPDATE_TIMEOUT_MS)
+    # The panel keeps A and B and now reads their distance in the new unit ...
+    result.get_by_text("distance 1.5 m").wait_for(timeout=UPDATE_TIMEOUT_MS)
+    page.wait_for_timeout(1500)  # and keeps it once every event of the new scene has run
+    assert "distance 1.5 m" in result.inner_text() and "A: frame 0" in result.inner_text()
+    # ... and a third click starts a new pair: the same two pixels again read 1.5 m.
     image.click(position={"x": box["width"] * 0.3, "y": box["height"] * 0.6})
     result.get_by_text("now click a second point").wait_for(timeout=UPDATE_TIMEOUT_MS)
     image.click(position={"x": box["width"] * 0.7, "y": box["height"] * 0.4})

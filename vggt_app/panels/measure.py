@@ -8,6 +8,8 @@ and stores the rescaled reconstruction as a new entry (see :mod:`vggt_app.panels
 from __future__ import annotations
 
 import json
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -79,10 +81,32 @@ def describe(recon: Reconstruction, points: list[list[float]], branch: str) -> s
 
 
 class MeasurePanel:
+    # Sessions whose latest rescale is remembered (one id each): bounded, for a server that runs for weeks.
+    MAX_SESSIONS_REMEMBERED = 1024
+
     def __init__(self, store: ReconstructionStore, show: ShowScene, user_errors: Callable[[Callable], Callable]):
         self.store = store
         self.show = show
         self.user_errors = user_errors
+        # Per browser session, the scene its last Rescale made. Kept on the server because the
+        # page's scene-id change and a hidden box's update arrive in no fixed order.
+        self._rescaled_by_session: OrderedDict[str, str] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _remember_rescale(self, request: gr.Request | None, new_id: str) -> None:
+        session = getattr(request, "session_hash", None)
+        if not session:
+            return
+        with self._lock:
+            self._rescaled_by_session[session] = new_id
+            self._rescaled_by_session.move_to_end(session)
+            while len(self._rescaled_by_session) > self.MAX_SESSIONS_REMEMBERED:
+                self._rescaled_by_session.popitem(last=False)
+
+    def _just_rescaled(self, request: gr.Request | None, recon_id: str) -> bool:
+        session = getattr(request, "session_hash", None)
+        with self._lock:
+            return bool(session) and self._rescaled_by_session.pop(session, None) == recon_id
 
     # ---- handlers (also API endpoints)
 
@@ -92,10 +116,11 @@ class MeasurePanel:
         recon = self.store.load(recon_id).reconstruction
         return marked_frame(recon, frame_index(choice, recon.num_frames), parse_points(points_text))
 
-    def reset(self, recon_id: str, rescaled: str = "") -> tuple:
+    def reset(self, recon_id: str, request: gr.Request = None) -> tuple:
         """A new scene on the page: its first frame and no points; except the scene this panel has
-        just rescaled, which keeps its points and the distance in the new unit (set by :meth:`apply`)."""
-        if not recon_id or recon_id == rescaled:
+        just made by a rescale, which keeps its points and the distance in the new unit (set by
+        :meth:`apply`)."""
+        if not recon_id or self._just_rescaled(request, recon_id):
             return gr.skip(), gr.skip(), gr.skip(), gr.skip()
         recon = self.store.load(recon_id).reconstruction
         choices = frame_labels(recon)
@@ -141,6 +166,7 @@ class MeasurePanel:
         factor = scale_from_known_distance(stored.reconstruction, points[0], points[1], length, branch=branch)
         scaled = stored.reconstruction.scaled(factor, units=unit)
         new_id = save_derived(self.store, stored, scaled, f"scaled ×{factor:.6g} to {unit}", request)
+        self._remember_rescale(request, new_id)
         gr.Info(f"Scene rescaled: {float(length):g} {unit} between A and B (×{factor:.4g}).")
         # The panel keeps A and B and now measures in the new unit.
         return {**self.show(new_id, view, request), self.result: describe(scaled, points, branch),
@@ -165,10 +191,11 @@ class MeasurePanel:
                 length = gr.Number(label="True length of A–B", minimum=0, elem_id="measure-length")
                 unit = gr.Dropdown(list(LENGTH_UNITS), value=DEFAULT_UNIT, label="Unit", elem_id="measure-unit")
             apply = gr.Button("Rescale the scene", elem_id="measure-apply")
+            # The id a Rescale made, for API clients (apply_scale's last output).
             rescaled = gr.Textbox(visible=False, elem_id="measure-rescaled")
         self.result, self.rescaled = result, rescaled
         branch = view_controls.branch
-        recon_id_box.change(self.user_errors(self.reset), [recon_id_box, rescaled], [frame, image, points, result],
+        recon_id_box.change(self.user_errors(self.reset), [recon_id_box], [frame, image, points, result],
                             api_visibility="private")
         frame.input(self.user_errors(self.frame), [recon_id_box, frame, points], [image], api_name="measure_frame")
         image.select(self.user_errors(self.select), [recon_id_box, frame, points, branch], [image, points, result],
