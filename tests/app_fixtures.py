@@ -91,24 +91,34 @@ def predict_with_updates(client, *args, api_name: str, **kwargs) -> Run:
     return Run(outputs, progress, messages)
 
 
-@pytest.fixture(scope="module")
-def running_app(tmp_path_factory):
-    """One server per test module, closed afterwards."""
-    server = launch_test_app(tmp_path_factory.mktemp("app-storage"))
+def serve_for_module(tmp_path_factory, storage_name: str, **overrides):
+    """The body of a module-scoped server fixture (``yield from``): a test app on a fresh storage
+    folder, closed (workers included) after the module."""
+    server = launch_test_app(tmp_path_factory.mktemp(storage_name), **overrides)
     try:
         yield server
     finally:
         server.close()
 
 
+def write_room_photos(folder: Path, num_views: int, width: int, height: int, seed: int,
+                      prefix: str = "view") -> list[Path]:
+    """``num_views`` views of the synthetic room as ``<prefix>_<i>.png`` files in ``folder``."""
+    scene = render_scene("room", num_views=num_views, width=width, height=height, seed=seed)
+    paths = []
+    for index, pixels in enumerate(scene.images):
+        paths.append(folder / f"{prefix}_{index}.png")
+        Image.fromarray(np.asarray(pixels)).save(paths[-1])
+    return paths
+
+
+@pytest.fixture(scope="module")
+def running_app(tmp_path_factory):
+    """One server per test module, closed afterwards."""
+    yield from serve_for_module(tmp_path_factory, "app-storage")
+
+
 @pytest.fixture(scope="module")
 def synthetic_photos(tmp_path_factory) -> list[Path]:
     """Three views of the synthetic room as PNG files."""
-    folder = tmp_path_factory.mktemp("photos")
-    scene = render_scene("room", num_views=3, width=TEST_IMAGE_WIDTH, height=TEST_IMAGE_HEIGHT, seed=1)
-    paths = []
-    for index, pixels in enumerate(scene.images):
-        path = folder / f"view_{index}.png"
-        Image.fromarray(np.asarray(pixels)).save(path)
-        paths.append(path)
-    return paths
+    return write_room_photos(tmp_path_factory.mktemp("photos"), 3, TEST_IMAGE_WIDTH, TEST_IMAGE_HEIGHT, seed=1)

@@ -15,18 +15,16 @@ import numpy as np
 import pytest
 import torch
 from gradio_client import Client, handle_file
-from PIL import Image
 
 import vggt_app.share_links
 import vggt_core.pipeline as pipeline
-from app_fixtures import predict_with_updates, running_app  # noqa: F401 (fixture)
+from app_fixtures import predict_with_updates, running_app, write_room_photos  # noqa: F401 (fixture)
 from vggt_app.panels.memory import MemoryPanel
 from vggt_app.store.entries import ReconstructionStore, is_valid_reconstruction_id
 from vggt_core import RANDOM_TINY_CHECKPOINT
 from vggt_core.config import tiny_config
 from vggt_core.memory import parameter_count
 from vggt_core.pipeline import estimate_memory
-from vggt_core.synthetic import render_scene
 
 VIEW = [50, "depth", "All", True, False, False, vggt_app.share_links.DEFAULT_MAX_POINTS]
 # Small photos: the model input is 518 wide whatever the photo, so only decoding gets cheaper.
@@ -36,13 +34,7 @@ MODEL_INPUT_HW = (392, 518)  # 112×84 scaled to 518 wide: 388.5 rounds to 392 (
 
 @pytest.fixture(scope="module")
 def four_photos(tmp_path_factory) -> list[Path]:
-    folder = tmp_path_factory.mktemp("chunk-photos")
-    scene = render_scene("room", num_views=4, width=WIDTH, height=HEIGHT, seed=3)
-    paths = []
-    for index, pixels in enumerate(scene.images):
-        paths.append(folder / f"frame_{index}.png")
-        Image.fromarray(np.asarray(pixels)).save(paths[-1])
-    return paths
+    return write_room_photos(tmp_path_factory.mktemp("chunk-photos"), 4, WIDTH, HEIGHT, seed=3, prefix="frame")
 
 
 @pytest.fixture

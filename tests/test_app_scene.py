@@ -14,9 +14,8 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import ExifTags, Image
 
-import app
 import vggt_app.share_links
-from app_fixtures import launch_test_app, synthetic_photos  # noqa: F401 (fixtures)
+from app_fixtures import serve_for_module, synthetic_photos  # noqa: F401 (fixtures)
 from vggt_core.config import tiny_config
 from vggt_core.memory import parameter_count
 from vggt_core.pipeline import estimate_memory
@@ -51,11 +50,7 @@ def sky_model(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, sky_model):
-    running = launch_test_app(tmp_path_factory.mktemp("scene-storage"), sky_model=str(sky_model))
-    try:
-        yield running
-    finally:
-        running.demo.close()
+    yield from serve_for_module(tmp_path_factory, "scene-storage", sky_model=str(sky_model))
 
 
 @pytest.fixture(scope="module")

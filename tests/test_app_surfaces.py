@@ -17,7 +17,7 @@ from gradio_client.exceptions import AppError
 from PIL import Image
 
 import vggt_app.share_links
-from app_fixtures import launch_test_app, predict_with_updates
+from app_fixtures import predict_with_updates, serve_for_module
 from vggt_app.store.entries import DELTA_ENTRY_FORMAT, ReconstructionStore
 from vggt_core.filtering import ViewSettings, select_points
 from vggt_core.reconstruction import reconstruction_from_synthetic_scene
@@ -45,11 +45,7 @@ def store_room(server, num_views: int) -> str:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    running = launch_test_app(tmp_path_factory.mktemp("surfaces-storage"))
-    try:
-        yield running
-    finally:
-        running.demo.close()
+    yield from serve_for_module(tmp_path_factory, "surfaces-storage")
 
 
 @pytest.fixture(scope="module")

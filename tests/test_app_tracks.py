@@ -18,7 +18,7 @@ import vggt_app.runtime.models
 import vggt_app.service
 import vggt_app.share_links
 import vggt_core
-from app_fixtures import free_port, launch_test_app, synthetic_photos  # noqa: F401 (fixtures)
+from app_fixtures import free_port, serve_for_module, synthetic_photos  # noqa: F401 (fixtures)
 from vggt_app.panels.tracks import MAX_TRACK_POINTS
 from vggt_core.reconstruction import Reconstruction, reconstruction_from_synthetic_scene
 from vggt_app.store.entries import ReconstructionStore
@@ -33,11 +33,7 @@ FRAMES = ["0: view_0.png", "1: view_1.png", "2: view_2.png"]
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     # Few refine tracks: the tiny model tracks 4,096 points on a CPU in ~50 s.
-    running = launch_test_app(tmp_path_factory.mktemp("tracks-storage"), refine_tracks=128)
-    try:
-        yield running
-    finally:
-        running.demo.close()
+    yield from serve_for_module(tmp_path_factory, "tracks-storage", refine_tracks=128)
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@ stack trace from pycolmap, and every reconstruction whose link was shown is comp
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -82,17 +83,28 @@ def wait_for_log(log, text: str, count: int, process: subprocess.Popen, timeout_
     raise AssertionError(f"{text!r} did not appear {count} times in the app's log within {timeout_s} s")
 
 
+@contextlib.contextmanager
+def app_process(arguments: list[str], log, **environment: str):
+    """The app started with ``arguments`` (after the Python executable), its output in ``log``;
+    killed on the way out if the test left it running."""
+    process = subprocess.Popen(
+        [sys.executable, *arguments], cwd=APP_FILE.parent, stdout=log, stderr=subprocess.STDOUT,
+        env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1", **environment})
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
 def test_sigterm_finishes_the_saves_and_exits_cleanly(tmp_path):
     port, storage, photos = free_port(), tmp_path / "storage", noise_photos(tmp_path)
     slow_writes = tmp_path / "slow-writes"
     log = (tmp_path / "app.log").open("w+")
-    process = subprocess.Popen(
-        [sys.executable, "-c", STARTER, "--checkpoint", "random-tiny", "--host", "127.0.0.1",
-         "--port", str(port), "--storage-dir", str(storage), "--max-frames", "6"],
-        cwd=APP_FILE.parent, stdout=log, stderr=subprocess.STDOUT,
-        env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1",
-             "SLOW_WRITES_FLAG": str(slow_writes)})
-    try:
+    with app_process(["-c", STARTER, "--checkpoint", "random-tiny", "--host", "127.0.0.1", "--port", str(port),
+                      "--storage-dir", str(storage), "--max-frames", "6"], log,
+                     SLOW_WRITES_FLAG=str(slow_writes)) as process:
         url = f"http://127.0.0.1:{port}/"
         wait_until_serving(url, process)
         client = Client(url, verbose=False)
@@ -108,10 +120,6 @@ def test_sigterm_finishes_the_saves_and_exits_cleanly(tmp_path):
         wait_for_log(log, "reconstructed 3 frames", 2, process)  # logged once handed to the writers
         process.send_signal(signal.SIGTERM)
         return_code = process.wait(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
     log.seek(0)
     output = log.read()
     assert "pycolmap imported by import app: False" in output
@@ -148,12 +156,9 @@ def worker_pids(app_pid: int) -> list[int]:
 def test_sigterm_stops_the_device_group_workers(tmp_path):
     port, photos = free_port(), noise_photos(tmp_path)
     log = (tmp_path / "app.log").open("w+")
-    process = subprocess.Popen(
-        [sys.executable, str(APP_FILE), "--checkpoint", "random-tiny", "--devices", "cpu,cpu", "--host", "127.0.0.1",
-         "--port", str(port), "--storage-dir", str(tmp_path / "storage"), "--max-frames", "6"],
-        cwd=APP_FILE.parent, stdout=log, stderr=subprocess.STDOUT,
-        env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"})
-    try:
+    with app_process([str(APP_FILE), "--checkpoint", "random-tiny", "--devices", "cpu,cpu", "--host", "127.0.0.1",
+                      "--port", str(port), "--storage-dir", str(tmp_path / "storage"), "--max-frames", "6"],
+                     log) as process:
         url = f"http://127.0.0.1:{port}/"
         wait_until_serving(url, process)
         outputs = Client(url, verbose=False).predict([handle_file(str(p)) for p in photos], 1.0, *VIEW,
@@ -163,10 +168,6 @@ def test_sigterm_stops_the_device_group_workers(tmp_path):
         assert len(workers) == 2, workers
         process.send_signal(signal.SIGTERM)
         return_code = process.wait(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
     log.seek(0)
     output = log.read()
     assert return_code == 0, output[-3000:]
