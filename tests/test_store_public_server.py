@@ -310,11 +310,14 @@ def test_save_time_does_not_grow_with_the_store_and_opens_stay_fast_during_a_pru
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     from bench_store_scaling import measure
 
-    results = measure(s3_endpoint, entries=30, prune_entries=15, saves=5)
+    # 40 deletes keep the prune running for ~2 s, long enough for ~20 opens: a p95 of 10 opens
+    # would be their maximum, one scheduling hiccup of this shared 2-core machine.
+    results = measure(s3_endpoint, entries=30, prune_entries=40, saves=5)
     saves = results["save_s"]
     # A full prune of 30 entries takes several times a save; a save no longer includes one.
     assert saves["with_30_entries_median"] < 2 * saves["with_1_entry_median"] + 0.05, saves
     assert saves["with_30_entries_median"] < saves["save_then_full_prune_with_30_entries_median"] / 2, saves
     during = results["open_during_prune_s"]
-    assert during["prune_deleted"] == 15 and during["opens"] >= 3
-    assert during["p95"] <= 1.0, during
+    assert during["prune_deleted"] == 40 and during["opens"] >= 10, during
+    # A read that waited for the deletes would take about the whole prune.
+    assert during["p50"] <= 0.25 and during["p95"] <= 1.0 and during["p95"] < during["prune_took_s"], during
